@@ -9,15 +9,10 @@ from pathlib import Path
 
 import pytest
 
-if not os.environ.get("CUDA_VISIBLE_DEVICES_FORCE_GPU_TESTS"):
-    try:
-        import torch
+import torch
 
-        _has_cuda = torch.cuda.is_available()
-    except Exception:  # torch missing: every test will fail loudly on its own import
-        _has_cuda = False
-    if not _has_cuda:
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
