@@ -1,0 +1,357 @@
+"""Reading and writing real Llama-2 checkpoints: Hugging Face and Meta formats.
+
+Hugging Face directory: `config.json` + `model.safetensors`, or shards `model-0000k-of-0000n.safetensors`
+listed in `model.safetensors.index.json`. Names differ from ours (model.layers.0.self_attn.q_proj ->
+layers.0.attention.wq) and HF stores wq/wk with the rows of each head permuted: Meta rotates
+interleaved pairs (x0, x1), (x2, x3), ...; HF's `rotate_half` rotates (x_i, x_{i + hd/2}). We undo the
+permutation on load and redo it on save, so `transformers` loads what we write unchanged.
+
+Meta directory: `params.json` + `consolidated.00.pth`, `consolidated.01.pth`, ... (one per model-parallel
+rank). Our names are Meta's; the shards are merged along the dimension each layer was split on.
+
+Loading never holds two copies of the weights: the model is built on the meta device, tensors are
+read one at a time from memory-mapped files, converted, and assigned in place.
+
+    model = load_model("llama-2-7b-hf", dtype=torch.bfloat16)        # or Llama.from_pretrained
+    save_hf(model.state_dict(), model.args, "out/m1", tokenizer_path="tokenizer.model")
+
+Every problem with the files is a CheckpointError naming the file and key.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+
+from srlm.model import Llama, ModelArgs
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as it is; the message names the file and key."""
+
+
+# ---- names: HF <-> ours (= Meta's) ----
+_HF_LAYER = {
+    "self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk",
+    "self_attn.v_proj": "attention.wv", "self_attn.o_proj": "attention.wo",
+    "mlp.gate_proj": "feed_forward.w1", "mlp.down_proj": "feed_forward.w2", "mlp.up_proj": "feed_forward.w3",
+    "input_layernorm": "attention_norm", "post_attention_layernorm": "ffn_norm",
+}
+_HF_TOP = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight",
+           "lm_head.weight": "output.weight"}
+_HF_IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")  # a buffer old exports kept
+
+
+def hf_to_ours(name: str) -> Optional[str]:
+    if name in _HF_TOP:
+        return _HF_TOP[name]
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.weight", name)
+    if m and m.group(2) in _HF_LAYER:
+        return f"layers.{m.group(1)}.{_HF_LAYER[m.group(2)]}.weight"
+    return None
+
+
+def ours_to_hf(name: str) -> str:
+    for hf, ours in _HF_TOP.items():
+        if name == ours:
+            return hf
+    m = re.fullmatch(r"layers\.(\d+)\.(.+)\.weight", name)
+    for hf, ours in _HF_LAYER.items():
+        if m and m.group(2) == ours:
+            return f"model.layers.{m.group(1)}.{hf}.weight"
+    raise KeyError(f"no Hugging Face name for parameter {name!r}")
+
+
+def permute_meta_to_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Within each head, move rows from interleaved pairs (0,1),(2,3).. to halves (0, hd/2),(1, hd/2+1)..."""
+    out_dim, in_dim = w.shape
+    return w.view(n_heads, out_dim // n_heads // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+
+def permute_hf_to_meta(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Inverse of permute_meta_to_hf."""
+    out_dim, in_dim = w.shape
+    return w.view(n_heads, 2, out_dim // n_heads // 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+
+# ---- configs ----
+def args_from_hf_config(config: dict, source: Path) -> ModelArgs:
+    def need(key):
+        if key not in config:
+            raise CheckpointError(f"{source}: missing key {key!r}")
+        return config[key]
+
+    if config.get("model_type", "llama") != "llama":
+        raise CheckpointError(f"{source}: model_type is {config['model_type']!r}, expected 'llama'")
+    if config.get("hidden_act", "silu") != "silu":
+        raise CheckpointError(f"{source}: hidden_act {config['hidden_act']!r} is not supported (Llama uses 'silu')")
+    for key in ("attention_bias", "mlp_bias"):
+        if config.get(key):
+            raise CheckpointError(f"{source}: {key}=true is not supported (Llama-2 has no biases)")
+    if config.get("rope_scaling"):
+        raise CheckpointError(f"{source}: rope_scaling {config['rope_scaling']!r} is not supported")
+    try:
+        return ModelArgs(
+            dim=need("hidden_size"), n_layers=need("num_hidden_layers"), n_heads=need("num_attention_heads"),
+            n_kv_heads=config.get("num_key_value_heads") or need("num_attention_heads"),
+            vocab_size=need("vocab_size"), hidden_dim=need("intermediate_size"),
+            norm_eps=config.get("rms_norm_eps", 1e-5), rope_theta=config.get("rope_theta", 10000.0),
+            max_seq_len=config.get("max_position_embeddings", 4096))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: inconsistent config: {e}") from None
+
+
+def hf_config_from_args(args: ModelArgs, dtype: torch.dtype) -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": args.dim, "intermediate_size": args.ffn_hidden_dim,
+        "num_hidden_layers": args.n_layers, "num_attention_heads": args.n_heads,
+        "num_key_value_heads": args.n_kv_heads, "vocab_size": args.vocab_size,
+        "rms_norm_eps": args.norm_eps, "rope_theta": args.rope_theta, "rope_scaling": None,
+        "max_position_embeddings": args.max_seq_len, "hidden_act": "silu", "attention_bias": False,
+        "mlp_bias": False, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+        "initializer_range": 0.02, "pretraining_tp": 1,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+# ---- reading tensors ----
+def _open_safetensors(file: Path):
+    from safetensors import safe_open
+
+    if not file.is_file():
+        raise CheckpointError(f"{file}: file not found")
+    try:
+        return safe_open(str(file), framework="pt", device="cpu")
+    except Exception as e:  # SafetensorError for a bad header or a truncated file
+        raise CheckpointError(f"{file}: not a readable safetensors file (truncated or corrupt?): {e}") from None
+
+
+def _iter_hf_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor, Path]]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index}: malformed index ({e})") from None
+        files = sorted(set(weight_map.values()))
+    elif (path / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json found")
+    for fname in files:
+        file = path / fname
+        f = _open_safetensors(file)
+        for name in f.keys():
+            try:
+                tensor = f.get_tensor(name)
+            except Exception as e:
+                raise CheckpointError(f"{file}: cannot read tensor {name!r} (truncated or corrupt?): {e}") from None
+            yield name, tensor, file
+
+
+def _read_hf(path: Path, args: ModelArgs) -> Iterator[tuple[str, torch.Tensor, Path]]:
+    """Yield (our name, tensor in Meta layout, file) for every weight of an HF directory."""
+    for name, tensor, file in _iter_hf_tensors(path):
+        if _HF_IGNORED.fullmatch(name):
+            continue
+        ours = hf_to_ours(name)
+        if ours is None:
+            raise CheckpointError(f"{file}: unexpected key {name!r} (not a Llama weight)")
+        if ours.endswith("attention.wq.weight") and tensor.dim() == 2:
+            tensor = _checked_permute(tensor, args.n_heads, name, file)
+        elif ours.endswith("attention.wk.weight") and tensor.dim() == 2:
+            tensor = _checked_permute(tensor, args.n_kv_heads, name, file)
+        yield ours, tensor, file
+
+
+def _checked_permute(w, n_heads, name, file):
+    if w.shape[0] % (2 * n_heads):
+        raise CheckpointError(f"{file}: {name} has shape {tuple(w.shape)}, which does not split into "
+                              f"{n_heads} heads as config.json says")
+    return permute_hf_to_meta(w, n_heads)
+
+
+# How Meta's model-parallel code split each weight: rows (0), columns (1) or not at all (None).
+def _meta_split_dim(name: str) -> Optional[int]:
+    if name.startswith("tok_embeddings"):
+        return 1
+    if name.endswith(("wo.weight", "w2.weight")):
+        return 1
+    if name.endswith(("wq.weight", "wk.weight", "wv.weight", "w1.weight", "w3.weight")) or name == "output.weight":
+        return 0
+    return None  # norms are replicated
+
+
+def _read_meta(path: Path) -> Iterator[tuple[str, torch.Tensor, Path]]:
+    files = sorted(path.glob("consolidated.*.pth"))
+    if not files:
+        raise CheckpointError(f"{path}: params.json found but no consolidated.*.pth shards")
+    shards = []
+    for file in files:
+        try:
+            shards.append(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
+        except Exception as e:
+            raise CheckpointError(f"{file}: cannot read this shard (truncated, corrupt or not a "
+                                  f"weights-only checkpoint?): {e}") from None
+    names = list(shards[0].keys())
+    for file, shard in zip(files[1:], shards[1:]):
+        if set(shard.keys()) != set(names):
+            diff = sorted(set(shard.keys()) ^ set(names))[:5]
+            raise CheckpointError(f"{file}: keys differ from {files[0].name}'s, e.g. {diff}")
+    for name in names:
+        if name == "rope.freqs":  # the rotary table, recomputed by the model
+            continue
+        dim = _meta_split_dim(name)
+        parts = [shard[name] for shard in shards]
+        if dim is None or len(parts) == 1:
+            tensor = parts[0]
+        else:
+            try:
+                tensor = torch.cat(parts, dim=dim)
+            except RuntimeError as e:
+                raise CheckpointError(f"{path}: shards of {name!r} do not concatenate along dim {dim}: {e}") from None
+        yield name, tensor, files[0] if len(files) == 1 else path
+
+
+def args_from_meta_params(params: dict, source: Path, vocab_size: int) -> ModelArgs:
+    known = {"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier",
+             "norm_eps", "rope_theta", "max_seq_len"}
+    kwargs = {k: v for k, v in params.items() if k in known and v is not None}
+    for key in ("dim", "n_layers", "n_heads"):
+        if key not in kwargs:
+            raise CheckpointError(f"{source}: missing key {key!r}")
+    if kwargs.get("vocab_size", -1) <= 0:  # Meta writes -1 and takes the size from the tokenizer
+        kwargs["vocab_size"] = vocab_size
+    try:
+        return ModelArgs(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: inconsistent params: {e}") from None
+
+
+# ---- loading ----
+def load_model(path, dtype: torch.dtype = torch.float32, device="cpu", **arg_overrides) -> Llama:
+    """Load an HF or Meta Llama directory into a Llama, one tensor at a time."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: checkpoint directory not found")
+    if (path / "config.json").is_file():
+        config_file = path / "config.json"
+        try:
+            config = json.loads(config_file.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{config_file}: malformed JSON ({e})") from None
+        args = args_from_hf_config(config, config_file)
+        tensors = _read_hf(path, args)
+        tie = config.get("tie_word_embeddings", False)
+    elif (path / "params.json").is_file():
+        config_file = path / "params.json"
+        try:
+            params = json.loads(config_file.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{config_file}: malformed JSON ({e})") from None
+        tensors = _read_meta(path)
+        first = next(tensors, None)
+        if first is None:
+            raise CheckpointError(f"{path}: the checkpoint holds no tensors")
+        vocab = first[1].shape[0] if first[0] == "tok_embeddings.weight" else params.get("vocab_size", -1)
+        args = args_from_meta_params(params, config_file, vocab)
+        tensors = _chain([first], tensors)
+        tie = False
+    else:
+        raise CheckpointError(f"{path}: neither config.json (Hugging Face) nor params.json (Meta) found")
+    for k, v in arg_overrides.items():
+        setattr(args, k, v)
+    args.__post_init__()
+
+    with torch.device("meta"):
+        model = Llama(args)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    state = {}
+    for name, tensor, file in tensors:
+        if name not in expected:
+            raise CheckpointError(f"{file}: unexpected key {name!r}")
+        if tuple(tensor.shape) != tuple(expected[name]):
+            raise CheckpointError(f"{file}: {name} has shape {tuple(tensor.shape)} but {config_file.name} implies "
+                                  f"{tuple(expected[name])}; the config contradicts the weights")
+        state[name] = tensor.to(device=device, dtype=dtype)
+    if tie and "output.weight" not in state and "tok_embeddings.weight" in state:
+        state["output.weight"] = state["tok_embeddings.weight"]
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: missing {len(missing)} weight(s), e.g. {missing[:5]}")
+    model.load_state_dict(state, assign=True)
+    tok = path / "tokenizer.model"
+    model.tokenizer_path = str(tok) if tok.is_file() else None
+    return model
+
+
+def _chain(*iterables):
+    for it in iterables:
+        yield from it
+
+
+# ---- saving ----
+def save_hf(state_dict: dict, args: ModelArgs, path, tokenizer_path=None, dtype: Optional[torch.dtype] = None,
+            max_shard_bytes: int = 5 * 2**30) -> None:
+    """Write `state_dict` (our names) as a Hugging Face Llama directory, atomically.
+
+    Files go to a temporary sibling folder first, which then replaces `path`; an interrupted save
+    leaves the previous checkpoint in place.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {}
+    for name, t in state_dict.items():
+        t = t.detach().to("cpu")
+        if dtype is not None:
+            t = t.to(dtype)
+        if name.endswith("attention.wq.weight"):
+            t = permute_meta_to_hf(t, args.n_heads)
+        elif name.endswith("attention.wk.weight"):
+            t = permute_meta_to_hf(t, args.n_kv_heads)
+        tensors[ours_to_hf(name)] = t.contiguous()
+    out_dtype = next(iter(tensors.values())).dtype
+
+    shards, current, size = [], {}, 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = t
+        size += nbytes
+    shards.append(current)
+
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    if len(shards) == 1:
+        save_file(shards[0], str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map, total = {}, 0
+        for i, shard in enumerate(shards, start=1):
+            fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(tmp / fname), metadata={"format": "pt"})
+            for name, t in shard.items():
+                weight_map[name] = fname
+                total += t.numel() * t.element_size()
+        (tmp / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    (tmp / "config.json").write_text(json.dumps(hf_config_from_args(args, out_dtype), indent=2))
+    (tmp / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}, indent=2))
+    if tokenizer_path is not None and Path(tokenizer_path).is_file():
+        shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
+    old = path.parent / f".{path.name}.old-{os.getpid()}"
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old.exists():
+        shutil.rmtree(old)
