@@ -1,0 +1,234 @@
+"""Tests for srlm/checkpoint.py: Hugging Face and Meta formats, parity with transformers, bad input.
+
+    python -m pytest -q tests/test_checkpoint.py
+"""
+import json
+
+import pytest
+import torch
+
+from srlm.checkpoint import CheckpointError, _meta_split_dim, permute_hf_to_meta, permute_meta_to_hf
+from srlm.model import Llama, ModelArgs
+
+TINY_GQA = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, hidden_dim=96, max_seq_len=64)
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return Llama(ModelArgs(**TINY_GQA)).eval()
+
+
+def logits(model, seed=1):
+    torch.manual_seed(seed)
+    tokens = torch.randint(0, 128, (2, 17))
+    with torch.no_grad():
+        return model(tokens) if isinstance(model, Llama) else model(tokens).logits
+
+
+def test_rotary_permutation_round_trip_and_layout():
+    # One head of size 4, one input column: Meta rows [a0 b0 a1 b1] are pairs (a_i, b_i);
+    # HF keeps all first halves, then all second halves: [a0 a1 b0 b1].
+    w = torch.tensor([[10.0], [11.0], [20.0], [21.0]])
+    torch.testing.assert_close(permute_meta_to_hf(w, 1), torch.tensor([[10.0], [20.0], [11.0], [21.0]]))
+    w = torch.randn(32, 8)
+    torch.testing.assert_close(permute_hf_to_meta(permute_meta_to_hf(w, 4), 4), w)
+
+
+@pytest.fixture
+def transformers():
+    return pytest.importorskip("transformers")
+
+
+def hf_reference_model(transformers):
+    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   rms_norm_eps=1e-5, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def test_parity_their_save_our_load(transformers, tmp_path):
+    hf = hf_reference_model(transformers)
+    hf.save_pretrained(tmp_path)
+    ours = Llama.from_pretrained(tmp_path).eval()
+    assert ours.args.n_kv_heads == 2 and ours.args.ffn_hidden_dim == 96
+    assert (logits(hf) - logits(ours)).abs().max() <= 1e-4
+
+
+def test_parity_our_save_their_load(transformers, tmp_path):
+    ours = tiny_model()
+    ours.save_pretrained(tmp_path / "ckpt")
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "ckpt").eval()
+    assert (logits(hf) - logits(ours)).abs().max() <= 1e-4
+
+
+def test_sharded_save_round_trip(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "ckpt", max_shard_bytes=40_000)
+    index = json.loads((tmp_path / "ckpt" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    torch.testing.assert_close(logits(Llama.from_pretrained(tmp_path / "ckpt")), logits(model))
+
+
+def test_sharded_save_loads_in_transformers(transformers, tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "ckpt", max_shard_bytes=40_000)
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "ckpt").eval()
+    assert (logits(hf) - logits(model)).abs().max() <= 1e-4
+
+
+def test_save_overwrites_atomically_and_copies_tokenizer(tmp_path):
+    tok = tmp_path / "tokenizer.model"
+    tok.write_bytes(b"not really a tokenizer")
+    tiny_model(0).save_pretrained(tmp_path / "ckpt", tokenizer_path=tok)
+    second = tiny_model(1)
+    second.save_pretrained(tmp_path / "ckpt", tokenizer_path=tok)
+    assert (tmp_path / "ckpt" / "tokenizer.model").read_bytes() == b"not really a tokenizer"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "tokenizer.model"]  # no temp folders left
+    reloaded = Llama.from_pretrained(tmp_path / "ckpt")
+    torch.testing.assert_close(logits(reloaded), logits(second))
+    assert reloaded.tokenizer_path == str(tmp_path / "ckpt" / "tokenizer.model")
+
+
+def test_load_in_bfloat16(tmp_path):
+    tiny_model().save_pretrained(tmp_path / "ckpt")
+    model = Llama.from_pretrained(tmp_path / "ckpt", dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert not any(p.is_meta for p in model.parameters())
+
+
+def write_meta_checkpoint(model: Llama, path, n_shards=2):
+    """Split our (= Meta's) state dict the way Meta's model-parallel code does, written by hand here:
+    column-parallel layers (wq wk wv w1 w3 output) split rows, row-parallel ones (wo w2) and the
+    embedding split columns, norms are copied to every shard."""
+    path.mkdir()
+    shards = [{} for _ in range(n_shards)]
+    for name, t in model.state_dict().items():
+        if name.startswith("tok_embeddings") or name.endswith(("wo.weight", "w2.weight")):
+            parts = t.chunk(n_shards, dim=1)
+        elif "norm" in name:
+            parts = [t] * n_shards
+        else:
+            parts = t.chunk(n_shards, dim=0)
+        for shard, part in zip(shards, parts):
+            shard[name] = part.clone()
+    shards[0]["rope.freqs"] = torch.zeros(8)  # Meta's files carry the rotary table; it must be ignored
+    shards[1]["rope.freqs"] = torch.zeros(8)
+    for i, shard in enumerate(shards):
+        torch.save(shard, path / f"consolidated.{i:02d}.pth")
+    a = model.args
+    (path / "params.json").write_text(json.dumps(dict(
+        dim=a.dim, n_layers=a.n_layers, n_heads=a.n_heads, n_kv_heads=a.n_kv_heads, vocab_size=-1,
+        multiple_of=a.multiple_of, ffn_dim_multiplier=None, norm_eps=a.norm_eps)))
+
+
+def test_meta_two_shard_load_equals_hf_load(tmp_path):
+    torch.manual_seed(0)
+    # multiple_of=32 gives the FFN size 192 from the 2/3*4*dim rule, which Meta's params.json implies
+    model = Llama(ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32)).eval()
+    write_meta_checkpoint(model, tmp_path / "meta")
+    model.save_pretrained(tmp_path / "hf")
+    from_meta = Llama.from_pretrained(tmp_path / "meta")
+    from_hf = Llama.from_pretrained(tmp_path / "hf")
+    assert from_meta.args.vocab_size == 128  # taken from the embedding since params.json says -1
+    torch.testing.assert_close(logits(from_meta), logits(from_hf))
+    torch.testing.assert_close(logits(from_meta), logits(model))
+
+
+def test_meta_split_dims():
+    assert _meta_split_dim("layers.3.attention.wq.weight") == 0
+    assert _meta_split_dim("layers.3.feed_forward.w2.weight") == 1
+    assert _meta_split_dim("tok_embeddings.weight") == 1
+    assert _meta_split_dim("layers.0.ffn_norm.weight") is None
+
+
+# ---- bad input: a clear CheckpointError naming the file and key ----
+@pytest.fixture
+def saved(tmp_path):
+    tiny_model().save_pretrained(tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
+def resave(path, edit):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_error_missing_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        Llama.from_pretrained(tmp_path / "nope")
+
+
+def test_error_directory_without_config(tmp_path):
+    with pytest.raises(CheckpointError, match="neither config.json"):
+        Llama.from_pretrained(tmp_path)
+
+
+def test_error_missing_weights_file(saved):
+    (saved / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        Llama.from_pretrained(saved)
+
+
+def test_error_missing_key(saved):
+    resave(saved, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
+    with pytest.raises(CheckpointError, match=r"missing 1 weight.*layers\.1\.feed_forward\.w3"):
+        Llama.from_pretrained(saved)
+
+
+def test_error_unexpected_key(saved):
+    resave(saved, lambda t: t.update({"model.layers.0.extra.weight": torch.zeros(2)}))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*unexpected key 'model\.layers\.0\.extra\.weight'"):
+        Llama.from_pretrained(saved)
+
+
+def test_error_shape_mismatch(saved):
+    resave(saved, lambda t: t.update({"model.norm.weight": torch.ones(65)}))
+    with pytest.raises(CheckpointError, match=r"norm\.weight has shape \(65,\)"):
+        Llama.from_pretrained(saved)
+
+
+def test_error_config_contradicts_weights(saved):
+    config = json.loads((saved / "config.json").read_text())
+    config["intermediate_size"] = 100
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config\.json.*contradicts"):
+        Llama.from_pretrained(saved)
+
+
+def test_error_config_missing_key(saved):
+    config = json.loads((saved / "config.json").read_text())
+    del config["hidden_size"]
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config\.json: missing key 'hidden_size'"):
+        Llama.from_pretrained(saved)
+
+
+def test_error_truncated_safetensors(saved):
+    data = (saved / "model.safetensors").read_bytes()
+    (saved / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*truncated or corrupt"):
+        Llama.from_pretrained(saved)
+
+
+def test_error_garbage_safetensors(saved):
+    (saved / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors"):
+        Llama.from_pretrained(saved)
+
+
+def test_error_malformed_config_json(saved):
+    (saved / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"config\.json: malformed JSON"):
+        Llama.from_pretrained(saved)
+
+
+def test_error_corrupt_meta_shard(tmp_path):
+    write_meta_checkpoint(Llama(ModelArgs(dim=64, n_layers=1, n_heads=4, vocab_size=128, multiple_of=32)),
+                          tmp_path / "meta")
+    (tmp_path / "meta" / "consolidated.01.pth").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r"consolidated\.01\.pth"):
+        Llama.from_pretrained(tmp_path / "meta")
