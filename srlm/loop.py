@@ -1,0 +1,245 @@
+"""The self-rewarding loop, end to end: M0 -> SFT (IFT + EFT) = M1 -> M2 -> M3 ...
+
+This driver only sequences the steps; each step is the same code its CLI runs:
+
+    M1 = train.py --stage sft  on IFT + EFT, from M0
+    for t in 1..iterations:                        (current model M_t)
+        prompts.jsonl     = generate.py --task prompts      (self-instruction, few-shot from the seed)
+        candidates.jsonl  = generate.py --task responses    (N answers per prompt)
+        judgements.jsonl,
+        pairs.jsonl       = judge.py                        (K judgements per answer -> AIFT pairs)
+        M_{t+1}           = train.py --stage dpo            (from M_t, which is also the reference)
+    after every model: srlm/evaluate.py (instruction following + reward modelling)
+
+Everything lands in one run directory, a folder per iteration, so each file can be opened to see
+what the model wrote and why a pair was chosen:
+
+    runs/default/settings.json
+    runs/default/m1/                      SFT checkpoint (HF format) + metrics.jsonl
+    runs/default/iter1/prompts.jsonl candidates.jsonl judgements.jsonl pairs.jsonl model/   (model = M2)
+    runs/default/iter2/...                                                                  (model = M3)
+    runs/default/eval/m1.json m1_answers.jsonl m1_judgements.jsonl ...
+    runs/default/results.json results.md  the table printed at the end
+
+Each step is skipped when its output exists, and each CLI resumes its own partial work, so killing
+the command at any point and running it again loses nothing already finished.
+
+    python -m srlm.loop                                   # built-in default (data/), 2-core CPU, minutes
+    python -m srlm.loop --run-dir runs/llama --base-model llama-2-70b-hf \\
+        --ift oasst/ift.jsonl --eft oasst/eft.jsonl --seed-prompts oasst/ift.jsonl --settings paper
+    torchrun --nproc_per_node 8 -m srlm.loop ...          # every step shards over the ranks
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the CLIs (train.py, generate.py, judge.py) live at the top level
+    sys.path.insert(0, str(ROOT))
+
+from srlm import dist  # noqa: E402
+from srlm.io import read_jsonl, write_json, atomic_write_text  # noqa: E402
+
+DATA = ROOT / "data"
+
+# Two sets of defaults. "paper": the paper's hyperparameters, for a real Llama-2 checkpoint.
+# "tiny": the built-in world's 1-2M-parameter model on a CPU; it needs far larger learning rates
+# and fewer, shorter samples to learn anything within minutes.
+SETTINGS = {
+    "paper": dict(num_prompts=1000, n_candidates=4, n_judgements=3, judge_template="default",
+                  prompt_temperature=0.6, response_temperature=0.7, judge_temperature=0.7, top_p=0.9,
+                  max_new_tokens=512, judge_max_new_tokens=256, prompt_max_new_tokens=128,
+                  sft_lr=5.5e-6, sft_min_lr=1.1e-6, sft_epochs=1, sft_batch_size=16, sft_dropout=0.1,
+                  dpo_lr=1e-6, dpo_min_lr=1e-7, dpo_epochs=1, dpo_batch_size=16, beta=0.1,
+                  eval_max_new_tokens=512),
+    "tiny": dict(num_prompts=96, n_candidates=4, n_judgements=3, judge_template="compact",
+                 prompt_temperature=0.6, response_temperature=0.7, judge_temperature=0.7, top_p=0.9,
+                 max_new_tokens=24, judge_max_new_tokens=24, prompt_max_new_tokens=32,
+                 sft_lr=3e-3, sft_min_lr=3e-4, sft_epochs=2, sft_batch_size=16, sft_dropout=0.1,
+                 dpo_lr=3e-5, dpo_min_lr=3e-6, dpo_epochs=2, dpo_batch_size=16, beta=0.1,
+                 eval_max_new_tokens=24),
+}
+
+
+def log(msg: str) -> None:
+    if dist.is_main():
+        print(f"[loop {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def step(name: str, output: Path, fn) -> None:
+    """Run one step unless its final output already exists (each CLI writes it atomically, last)."""
+    if output.exists():
+        log(f"{name}: done already ({output})")
+        return
+    log(f"{name} -> {output}")
+    fn()
+    dist.barrier()
+
+
+def run(a) -> dict:
+    import generate
+    import judge
+    import train
+    from srlm.evaluate import evaluate_model, head_to_head, load_answers
+
+    s = {**SETTINGS[a.settings], **{k: v for k, v in vars(a).items() if k in SETTINGS["tiny"] and v is not None}}
+    run_dir = Path(a.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main():
+        write_json(run_dir / "settings.json", {**vars(a), **s})
+    common = ["--device", a.device, "--seed", str(a.seed)]
+
+    def evaluate(model_dir: Path, name: str) -> dict:
+        if a.skip_eval:
+            return {}
+        out = {}
+        if dist.is_main():
+            out = evaluate_model(model_dir, name, run_dir / "eval", a.eval_prompts, a.eval_groups,
+                                 template=s["judge_template"], max_new_tokens=s["eval_max_new_tokens"],
+                                 judge_max_new_tokens=s["judge_max_new_tokens"], device=a.device)
+        dist.barrier()
+        return out
+
+    # ---- M1: SFT on IFT + EFT ----
+    m1 = run_dir / "m1"
+    step("SFT (M0 -> M1)", m1 / "config.json", lambda: train.main([
+        "--stage", "sft", "--init", str(a.base_model), "--data", str(a.ift), str(a.eft), "--out", str(m1),
+        "--lr", str(s["sft_lr"]), "--min-lr", str(s["sft_min_lr"]), "--epochs", str(s["sft_epochs"]),
+        "--batch-size", str(s["sft_batch_size"]), "--dropout", str(s["sft_dropout"]), *common]))
+    models = [("m1", m1)]
+    results = {"m1": evaluate(m1, "m1")}
+
+    # ---- self-rewarding iterations ----
+    current, generated_pools = m1, []
+    for t in range(1, a.iterations + 1):
+        it = run_dir / f"iter{t}"
+        seed = str(a.seed + t)
+        prompts, candidates = it / "prompts.jsonl", it / "candidates.jsonl"
+        judgements, pairs, next_model = it / "judgements.jsonl", it / "pairs.jsonl", it / "model"
+        pool = ["--generated-pool", *map(str, generated_pools)] if generated_pools else []
+        step(f"iteration {t}: self-instruct prompts", prompts, lambda: generate.main([
+            "--task", "prompts", "--model", str(current), "--seed-pool", str(a.seed_prompts), *pool,
+            "--num-prompts", str(s["num_prompts"]), "--output", str(prompts),
+            "--temperature", str(s["prompt_temperature"]), "--top-p", str(s["top_p"]),
+            "--max-new-tokens", str(s["prompt_max_new_tokens"]), "--device", a.device, "--seed", seed]))
+        generated_pools.append(prompts)
+        step(f"iteration {t}: candidates", candidates, lambda: generate.main([
+            "--task", "responses", "--model", str(current), "--input", str(prompts), "--output", str(candidates),
+            "--n", str(s["n_candidates"]), "--temperature", str(s["response_temperature"]),
+            "--top-p", str(s["top_p"]), "--max-new-tokens", str(s["max_new_tokens"]),
+            "--device", a.device, "--seed", seed]))
+        step(f"iteration {t}: judge + pairs", pairs, lambda: judge.main([
+            "--model", str(current), "--input", str(candidates), "--judgements", str(judgements),
+            "--pairs", str(pairs), "--k", str(s["n_judgements"]), "--template", s["judge_template"],
+            "--temperature", str(s["judge_temperature"]), "--top-p", str(s["top_p"]),
+            "--max-new-tokens", str(s["judge_max_new_tokens"]), "--device", a.device, "--seed", seed]))
+        n_pairs = len(read_jsonl(pairs)) if pairs.exists() else 0
+        if n_pairs == 0:
+            log(f"iteration {t}: no preference pairs were built; stopping the loop here")
+            break
+        step(f"iteration {t}: DPO (M{t} -> M{t + 1})", next_model / "config.json", lambda: train.main([
+            "--stage", "dpo", "--init", str(current), "--data", str(pairs), "--out", str(next_model),
+            "--lr", str(s["dpo_lr"]), "--min-lr", str(s["dpo_min_lr"]), "--epochs", str(s["dpo_epochs"]),
+            "--batch-size", str(s["dpo_batch_size"]), "--beta", str(s["beta"]), "--dropout", "0.0",
+            "--device", a.device, "--seed", seed]))
+        name = f"m{t + 1}"
+        models.append((name, next_model))
+        results[name] = evaluate(next_model, name)
+        results[name]["data"] = iteration_data(it)
+        current = next_model
+
+    if a.skip_eval or not dist.is_main():
+        return results
+    eval_dir = run_dir / "eval"
+    for i, (name, _) in enumerate(models[1:], start=1):
+        prev = models[i - 1][0]
+        results[name]["vs_previous"] = head_to_head(load_answers(eval_dir, name), load_answers(eval_dir, prev))
+        results[name]["vs_m1"] = head_to_head(load_answers(eval_dir, name), load_answers(eval_dir, "m1"))
+    table = results_table(results)
+    write_json(run_dir / "results.json", results)
+    atomic_write_text(run_dir / "results.md", table + "\n")
+    print(table)
+    return results
+
+
+def iteration_data(it: Path) -> dict:
+    """What an iteration produced: prompts kept, pairs, the judge's score histogram, answer length."""
+    prompts = read_jsonl(it / "prompts.jsonl")
+    cands = read_jsonl(it / "candidates.jsonl")
+    judged = read_jsonl(it / "judgements.jsonl") if (it / "judgements.jsonl").exists() else []
+    pairs = read_jsonl(it / "pairs.jsonl")
+    texts = [c for row in cands for c in row["candidates"]]
+    hist = {}
+    for row in judged:
+        m = row.get("mean_score")
+        key = "none" if m is None else str(round(m))
+        hist[key] = hist.get(key, 0) + 1
+    return {"prompts_kept": len(prompts), "candidates": len(texts), "pairs": len(pairs),
+            "score_histogram": dict(sorted(hist.items())),
+            "mean_response_chars": sum(map(len, texts)) / max(len(texts), 1)}
+
+
+def results_table(results: dict) -> str:
+    """One markdown table: instruction following, head-to-head, reward modelling and data, per model."""
+    def pct(x):
+        return "–" if x is None or x != x else f"{100 * x:.1f}%"
+
+    def num(x, f="{:.3f}"):
+        return "–" if x is None or x != x else f.format(x)
+
+    def wtl(h):
+        return "–" if not h else f"{pct(h['win'])}/{pct(h['tie'])}/{pct(h['loss'])}"
+
+    head = ("| model | grader mean (0-5) | exact acc | W/T/L vs prev | W/T/L vs M1 | pairwise acc | exact match "
+            "| 5-best | Spearman | Kendall tau | judge parse fail | prompts kept | pairs | mean answer chars |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, r in results.items():
+        ift, rm, d = r.get("instruction_following", {}), r.get("reward_modelling", {}), r.get("data", {})
+        lines.append(
+            f"| {name.upper()} | {num(ift.get('mean_grade'), '{:.2f}')} | {pct(ift.get('exact_accuracy'))} "
+            f"| {wtl(r.get('vs_previous'))} | {wtl(r.get('vs_m1'))} | {pct(rm.get('pairwise_accuracy'))} "
+            f"| {pct(rm.get('exact_match'))} | {pct(rm.get('five_best'))} | {num(rm.get('spearman'))} "
+            f"| {num(rm.get('kendall_tau'))} | {pct(rm.get('parse_failure_rate'))} | {d.get('prompts_kept', '–')} "
+            f"| {d.get('pairs', '–')} | {num(ift.get('mean_response_chars'), '{:.1f}')} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-dir", default="runs/default", help="where every artifact of the run goes")
+    p.add_argument("--base-model", default=str(DATA / "m0"), help="M0: an HF or Meta Llama checkpoint directory")
+    p.add_argument("--ift", default=str(DATA / "ift.jsonl"), help="IFT seed: rows {prompt, response}")
+    p.add_argument("--eft", default=str(DATA / "eft.jsonl"), help="EFT seed: judge prompts with judgements")
+    p.add_argument("--seed-prompts", default=str(DATA / "seed_prompts.jsonl"), help="self-instruction seed pool")
+    p.add_argument("--eval-prompts", default=str(DATA / "eval_prompts.jsonl"))
+    p.add_argument("--eval-groups", default=str(DATA / "eval_groups.jsonl"))
+    p.add_argument("--iterations", type=int, default=2, help="self-rewarding iterations (2 gives M2 and M3)")
+    p.add_argument("--settings", choices=sorted(SETTINGS), default=None,
+                   help="default hyperparameters: 'tiny' for the built-in M0, else 'paper'")
+    for key, value in SETTINGS["tiny"].items():  # every setting can be overridden on its own
+        p.add_argument("--" + key.replace("_", "-"), type=type(value), default=None)
+    p.add_argument("--skip-eval", action="store_true", help="run the loop without the evaluations")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    if a.settings is None:
+        a.settings = "tiny" if Path(a.base_model).resolve() == (DATA / "m0").resolve() else "paper"
+    dist.init_distributed(a.device)
+    try:
+        return run(a)
+    finally:
+        dist.cleanup()
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    main()
