@@ -1,0 +1,278 @@
+"""Build the built-in world in data/: seed data, held-out evaluation sets, tokenizer and base model M0.
+
+Everything here comes from srlm/world.py (tasks whose answers code can check, and their 0-5
+grader), drawn from one seeded random.Random, so the same --seed rebuilds the same files:
+
+    ift.jsonl            seed instruction-following data {"prompt", "response"}: perfect answers
+    eft.jsonl            seed judge-training data {"prompt": judge prompt (compact template),
+                         "response": "<reason>\\nScore: s"}; s is the grader's score, every score
+                         0..5 equally often
+    seed_prompts.jsonl   the IFT prompts as a prompts.jsonl {"id", "prompt", "source": "seed"}:
+                         the pool that self-instruction draws its few-shot examples from
+    eval_prompts.jsonl   held-out prompts {"id", "prompt", "family"}
+    eval_groups.jsonl    held-out ranked groups {"id", "prompt", "replies", "ranks", "scores"}:
+                         4 replies of distinct grader scores, rank 0 = best
+    pretrain.jsonl       the base-model corpus {"text"}: worked exercises in plain prose, grading
+                         notes, spellings, digits and letters; no chat format, no instructions
+    tokenizer.model      SentencePiece BPE trained on all of the text above
+    m0/                  the tiny base model M0, pretrained with our own `train.py --stage pretrain`
+
+No question of the held-out sets (compared by task, not wording: "What is 2 + 3?" and "Add 2 and
+3." are the same question) appears in the seed data or the corpus.
+
+    python data/build.py                 # everything, ~5 minutes on a 2-core CPU
+    python data/build.py --skip-model    # only the text files and the tokenizer (seconds)
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from srlm.io import write_json, write_jsonl  # noqa: E402
+from srlm.judge import COMPACT_TEMPLATE, judge_prompt  # noqa: E402
+from srlm.world import (FAMILY_NAMES, LETTERS, WORDS, Task, judgement_text,  # noqa: E402
+                        response_of_quality, sample_task)
+
+DATA_DIR = Path(__file__).resolve().parent
+TEXT_FILES = ("ift.jsonl", "eft.jsonl", "seed_prompts.jsonl", "eval_prompts.jsonl",
+              "eval_groups.jsonl", "pretrain.jsonl")
+CHAT_SYMBOLS = ["[INST]", "[/INST]", "<<SYS>>", "<</SYS>>", "\n"]
+
+# The tiny Llama that M0 is (about 1 M parameters); vocab_size is set from the tokenizer.
+M0_CONFIG = dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, multiple_of=32, max_seq_len=512,
+                 norm_eps=1e-5, rope_theta=10000.0, dropout=0.0)
+
+
+# ----------------------------------------------------------------------------- drawing tasks
+
+def draw_tasks(rng: random.Random, n: int, taken: set, unique: bool = True) -> list[Task]:
+    """n tasks, none whose key is in `taken`, families in turn from a random first one.
+
+    With unique=True every new key is added to `taken`, so no question repeats within or across
+    the sets drawn after it.
+    """
+    first = rng.randrange(len(FAMILY_NAMES))
+    tasks: list[Task] = []
+    attempts = 0
+    while len(tasks) < n:
+        attempts += 1
+        if attempts > 1000 * (n + 1):
+            raise RuntimeError(f"could not draw {n} distinct tasks; the task space is too small")
+        task = sample_task(rng, FAMILY_NAMES[(first + len(tasks)) % len(FAMILY_NAMES)])
+        if task.key in taken:
+            continue
+        if unique:
+            taken.add(task.key)
+        tasks.append(task)
+    return tasks
+
+
+def eval_prompt_rows(tasks: list[Task]) -> list[dict]:
+    return [{"id": f"eval-{i:04d}", "prompt": t.prompt, "family": t.family} for i, t in enumerate(tasks)]
+
+
+def eval_group_rows(tasks: list[Task], rng: random.Random, group_size: int = 4) -> list[dict]:
+    """Per task: `group_size` replies of distinct grader scores, shuffled; ranks by score (0 = best)."""
+    rows = []
+    for i, task in enumerate(tasks):
+        scores = rng.sample(range(6), group_size)           # distinct, so ranks have no ties
+        replies = [response_of_quality(task, s, rng) for s in scores]
+        ranks = [sum(other > s for other in scores) for s in scores]
+        rows.append({"id": f"group-{i:04d}", "prompt": task.prompt, "replies": replies,
+                     "ranks": ranks, "scores": scores})
+    return rows
+
+
+def ift_rows(tasks: list[Task]) -> list[dict]:
+    return [{"prompt": t.prompt, "response": t.answer} for t in tasks]
+
+
+def eft_rows(tasks: list[Task], rng: random.Random, per_task: int = 3) -> list[dict]:
+    """`per_task` judgements per task with distinct scores; the least-used scores go first, so
+    over the whole set each score 0..5 appears equally often (the paper rebalances too)."""
+    counts = [0] * 6
+    rows = []
+    for task in tasks:
+        order = sorted(range(6), key=lambda s: (counts[s], rng.random()))
+        for s in sorted(order[:per_task]):
+            counts[s] += 1
+            response = response_of_quality(task, s, rng)
+            rows.append({"prompt": judge_prompt(task.prompt, response, template=COMPACT_TEMPLATE),
+                         "response": judgement_text(task, s)})
+    rng.shuffle(rows)
+    return rows
+
+
+def seed_prompt_rows(tasks: list[Task]) -> list[dict]:
+    return [{"id": f"seed-{i:04d}", "prompt": t.prompt, "source": "seed"} for i, t in enumerate(tasks)]
+
+
+# ----------------------------------------------------------------------------- the base corpus
+# Plain text a base model might read: exercise sheets with solutions, grading notes, spellings.
+# Nothing uses the [INST] chat format: M0 is a pretrained model, not an instruction-tuned one.
+
+def _exercise_sheet(tasks: list[Task], rng: random.Random) -> str:
+    style = rng.randrange(3)
+    lines = []
+    for k, t in enumerate(tasks, start=1):
+        if style == 0:
+            lines.append(f"Question: {t.prompt}\nAnswer: {t.answer}")
+        elif style == 1:
+            lines.append(f"Exercise {k}. {t.prompt}\nSolution: {t.answer}")
+        else:
+            lines.append(f"{t.prompt} {response_of_quality(t, 4, rng)}")
+    return "\n\n".join(lines)
+
+
+def _grading_notes(tasks: list[Task], rng: random.Random) -> str:
+    notes = []
+    for t in tasks:
+        s = rng.randrange(6)
+        notes.append(f"Question: {t.prompt}\nAnswer: {response_of_quality(t, s, rng)}\n"
+                     f"{judgement_text(t, s)}")
+    return "Grading notes. Each answer earns one point per criterion met, up to 5.\n\n" + "\n\n".join(notes)
+
+
+def _spellings(words: list[str]) -> str:
+    return "\n".join(f"The word {w} is spelled {' '.join(w)}." for w in words)
+
+
+def pretrain_rows(rng: random.Random, taken: set, n_sheets: int, n_notes: int) -> list[dict]:
+    docs = []
+    for _ in range(n_sheets):
+        docs.append(_exercise_sheet(draw_tasks(rng, 8, taken, unique=False), rng))
+    for _ in range(n_notes):
+        docs.append(_grading_notes(draw_tasks(rng, 4, taken, unique=False), rng))
+    words = list(WORDS)
+    for _ in range(4):
+        rng.shuffle(words)
+        for i in range(0, len(words), 12):
+            docs.append(_spellings(words[i:i + 12]))
+    docs.append("Digits: " + " ".join(str(d) for d in range(10)) + ". Counting: "
+                + " ".join(str(n) for n in range(1, 101)) + ".")
+    docs.append("Letters: " + " ".join(LETTERS) + ". Capital letters: " + " ".join(LETTERS.upper()) + ".")
+    rng.shuffle(docs)
+    return [{"text": d} for d in docs]
+
+
+# ----------------------------------------------------------------------------- the whole text set
+
+def build_text(seed: int = 0, n_eval: int = 110, n_groups: int = 55, n_ift: int = 495,
+               n_eft_tasks: int = 132, n_sheets: int = 1500, n_notes: int = 500) -> dict[str, list[dict]]:
+    """All JSONL files of the world as {file name: rows}; the same arguments give the same rows.
+
+    Held-out sets are drawn first and their questions reserved; IFT and EFT questions are
+    distinct from each other's too; the corpus may repeat training questions, never held-out ones.
+    """
+    rng = random.Random(seed)
+    taken: set = set()
+    eval_tasks = draw_tasks(rng, n_eval, taken)
+    group_tasks = draw_tasks(rng, n_groups, taken)
+    held_out = set(taken)
+    ift_tasks = draw_tasks(rng, n_ift, taken)
+    eft_tasks = draw_tasks(rng, n_eft_tasks, taken)
+    return {
+        "eval_prompts.jsonl": eval_prompt_rows(eval_tasks),
+        "eval_groups.jsonl": eval_group_rows(group_tasks, rng),
+        "ift.jsonl": ift_rows(ift_tasks),
+        "seed_prompts.jsonl": seed_prompt_rows(ift_tasks),
+        "eft.jsonl": eft_rows(eft_tasks, rng),
+        "pretrain.jsonl": pretrain_rows(rng, held_out, n_sheets, n_notes),
+    }
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def tokenizer_sentences(files: dict[str, list[dict]]) -> list[str]:
+    """Every text the model will read: corpus documents, chat turns of the seed data, judge prompts."""
+    out = [r["text"] for r in files["pretrain.jsonl"]]
+    for name in ("ift.jsonl", "eft.jsonl"):
+        out += [f"[INST] {r['prompt']} [/INST] {r['response']}" for r in files[name]]
+    out += [f"[INST] {r['prompt']} [/INST]" for r in files["eval_prompts.jsonl"]]
+    out.append("[INST] <<SYS>>\nYou are a helpful assistant.\n<</SYS>>\n\nHello. [/INST]")
+    return out
+
+
+def train_tokenizer(sentences: list[str], vocab_size: int) -> bytes:
+    """A SentencePiece BPE model (serialised) trained deterministically on `sentences`.
+
+    unk=0, bos=1, eos=2, no pad; digits always split into single pieces; the chat markers and
+    the newline are whole pieces (identity normalisation keeps newlines, which the judge's
+    "Score:" line needs).
+    """
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=buf, vocab_size=vocab_size,
+        model_type="bpe", user_defined_symbols=CHAT_SYMBOLS, split_digits=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False,
+        character_coverage=1.0, byte_fallback=False, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        num_threads=1, input_sentence_size=0, shuffle_input_sentence=False,
+        max_sentence_length=16384, minloglevel=2)
+    return buf.getvalue()
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------- M0
+
+def pretrain_m0(out_dir: Path, seed: int, steps: int) -> None:
+    """Pretrain M0 on pretrain.jsonl with our own train.py (a subprocess: a clean, separate run)."""
+    import sentencepiece as spm
+
+    vocab = spm.SentencePieceProcessor(model_file=str(out_dir / "tokenizer.model")).vocab_size()
+    config = {**M0_CONFIG, "vocab_size": vocab}
+    write_json(out_dir / "m0_config.json", config)
+    cmd = [sys.executable, str(ROOT / "train.py"), "--stage", "pretrain",
+           "--data", str(out_dir / "pretrain.jsonl"), "--model-config", str(out_dir / "m0_config.json"),
+           "--tokenizer", str(out_dir / "tokenizer.model"), "--out", str(out_dir / "m0"),
+           "--seed", str(seed), "--max-steps", str(steps)]
+    print("running:", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=DATA_DIR, help="folder to write into (default: data/)")
+    p.add_argument("--vocab-size", type=int, default=640)
+    p.add_argument("--pretrain-steps", type=int, default=600)
+    p.add_argument("--skip-model", action="store_true", help="write the text files and tokenizer only")
+    args = p.parse_args(argv)
+
+    t0 = time.time()
+    args.out.mkdir(parents=True, exist_ok=True)
+    files = build_text(seed=args.seed)
+    for name in TEXT_FILES:
+        write_jsonl(args.out / name, files[name])
+        size = (args.out / name).stat().st_size
+        print(f"wrote {args.out / name}: {len(files[name])} rows, {size / 1024:.0f} KiB")
+
+    model = train_tokenizer(tokenizer_sentences(files), args.vocab_size)
+    write_bytes_atomic(args.out / "tokenizer.model", model)
+    print(f"wrote {args.out / 'tokenizer.model'}: vocab {args.vocab_size}, {len(model) / 1024:.0f} KiB")
+
+    if not args.skip_model:
+        pretrain_m0(args.out, args.seed, args.pretrain_steps)
+        print(f"wrote {args.out / 'm0'}")
+    print(f"done in {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,341 @@
+"""Tests for srlm/world.py (task generator, parser, 0-5 grader) and the committed data/ files.
+
+Answers are checked against an independent solver written here with plain string operations on
+the prompt text (no use of srlm.world's parser or solvers); grader scores against hand-written
+responses whose expected score is worked out in the comments, criterion by criterion.
+
+    python -m pytest -q tests/test_world.py
+"""
+import importlib.util
+import json
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from srlm.world import (FAMILIES, FAMILY_NAMES, Task, candidates, criteria, grade, grade_prompt,
+                        is_exact, judgement_text, make_task, parse_task, response_of_quality,
+                        responses_of_each_quality, sample_task)
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data"
+
+
+# ----------------------------------------------------------------------------- independent solver
+
+def solve_from_text(prompt: str) -> str:
+    """Recompute the answer from the prompt text alone, with plain Python."""
+    quoted = re.findall(r'"([^"]*)"', prompt)
+    bracket = re.search(r"\[[^\]]*\]", prompt)
+    items = json.loads(bracket.group(0)) if bracket else None
+    nums = [int(x) for x in re.findall(r"\d+", prompt)]
+    if prompt.startswith("What is") and " + " in prompt or prompt.startswith("Add "):
+        return str(nums[0] + nums[1])
+    if prompt.startswith("What is") and " - " in prompt:
+        return str(nums[0] - nums[1])
+    if prompt.startswith("Subtract "):                     # "Subtract b from a."
+        return str(nums[1] - nums[0])
+    if prompt.startswith("What is") and " * " in prompt or prompt.startswith("Multiply "):
+        return str(nums[0] * nums[1])
+    if "backwards" in prompt or prompt.startswith("Reverse"):
+        return quoted[0][::-1]
+    if "uppercase" in prompt or "capital letters" in prompt:
+        return quoted[0].upper()
+    if "times does the letter" in prompt:
+        return str(quoted[1].count(quoted[0]))
+    if "letters are in the word" in prompt:
+        return str(len(quoted[0]))
+    if "How many numbers" in prompt:
+        return str(len(items))
+    if prompt.startswith("Sort"):
+        return "[" + ", ".join(map(str, sorted(items))) + "]"
+    if "largest" in prompt:
+        return str(max(items))
+    if "smallest" in prompt:
+        return str(min(items))
+    raise AssertionError(f"test solver does not know {prompt!r}")
+
+
+def test_every_family_answer_matches_independent_solver():
+    rng = random.Random(123)
+    seen = Counter()
+    for _ in range(1500):
+        task = sample_task(rng)
+        seen[task.family] += 1
+        assert task.answer == solve_from_text(task.prompt), task
+    assert set(seen) == set(FAMILY_NAMES)                 # every family was exercised
+    assert min(seen.values()) > 50
+
+
+def test_hand_computed_answers():
+    # 37 + 48 = 85; 90 - 17 = 73; 7 * 8 = 56; "garden" backwards; "banana" has three a's.
+    assert make_task("add", (37, 48)).answer == "85"
+    assert make_task("sub", (90, 17), 1).prompt == "Subtract 17 from 90."
+    assert make_task("sub", (90, 17), 1).answer == "73"
+    assert make_task("mul", (7, 8)).answer == "56"
+    assert make_task("reverse", ("garden",)).answer == "nedrag"
+    assert make_task("upper", ("river",)).answer == "RIVER"
+    assert make_task("count_letter", ("a", "banana")).answer == "3"
+    assert make_task("length", ("pencil",)).answer == "6"
+    assert make_task("count_items", ((4, 9, 1, 30),)).answer == "4"
+    assert make_task("sort", ((40, 19, 44, 23),)).answer == "[19, 23, 40, 44]"
+    assert make_task("max", ((32, 21, 20),)).answer == "32"
+    assert make_task("min", ((20, 18, 45, 12),)).answer == "12"
+    with pytest.raises(ValueError, match="reverse"):
+        make_task("reverse", ("level",))                  # a palindrome has no wrong-but-right-kind
+
+
+def test_generator_is_deterministic():
+    a = [sample_task(random.Random(7)) for _ in range(3)]
+    assert a[0] == a[1] == a[2]
+    seq = lambda seed: [sample_task(r) for r in [random.Random(seed)] for _ in range(200)]  # noqa: E731
+    assert seq(7) == seq(7)
+    assert seq(7) != seq(8)
+
+
+# ----------------------------------------------------------------------------- parse_task
+
+def test_parse_task_round_trip_every_template():
+    rng = random.Random(5)
+    for name, fam in FAMILIES.items():
+        for i in range(len(fam.templates)):
+            for _ in range(20):
+                task = make_task(name, fam.sample_args(rng), i)
+                assert parse_task(task.prompt) == task
+                assert parse_task("  " + task.prompt.replace(" ", "  \n") + " ") == task
+
+
+@pytest.mark.parametrize("prompt", [
+    "What is 2 + 3",                               # no question mark: not the template
+    "what is 2 + 3?",                              # case differs
+    'Reverse the word "level".',                   # palindrome: rejected by the family
+    'Reverse the word "Apple".',                   # words are lowercase
+    "What is the largest number in []?",
+    "Tell me a story about a dragon.",
+    "",
+    None,
+])
+def test_parse_task_rejects(prompt):
+    assert parse_task(prompt) is None
+
+
+def test_parse_task_accepts_values_beyond_the_generator_ranges():
+    task = parse_task("What is 3 - 250?")          # the generator never makes negative answers
+    assert task.family == "sub" and task.answer == "-247"
+    assert grade(task, "-247") == 5 and grade(task, "247") == 2
+    assert grade_prompt("What is 120 * 30?", "3600") == 5
+    assert parse_task("What is 1200 * 3?") is None     # mul accepts operands up to 999
+    assert grade_prompt("Write me a poem.", "Roses are red.") is None
+
+
+# ----------------------------------------------------------------------------- grader, by hand
+
+ADD = make_task("add", (23, 45))                   # "What is 23 + 45?" -> 68
+MAX = make_task("max", ((4, 17, 9),))              # "What is the largest number in [4, 17, 9]?" -> 17
+SORT = make_task("sort", ((5, 2, 9, 1),))          # -> "[1, 2, 5, 9]"
+REV = make_task("reverse", ("apple",))             # -> "elppa"
+UP = make_task("upper", ("river",))                # -> "RIVER"
+CNT = make_task("count_letter", ("a", "banana"))   # -> "3"
+
+
+@pytest.mark.parametrize("task,response,score", [
+    # 0: empty, or nothing about the task (no number, no task word, no family word)
+    (ADD, "", 0),
+    (ADD, "   \n ", 0),
+    (ADD, "I like turtles.", 0),
+    (REV, "Cats sleep a lot.", 0),
+    # 1: on topic ("sum"; "reverse"; the list echoed) but no answer of the right kind
+    (ADD, "That is a sum.", 1),
+    (ADD, "The question is 23 + 45.", 1),            # 23 and 45 are echoes of the question
+    (MAX, "The list is [4, 17, 9].", 1),             # numbers inside brackets are list items
+    (SORT, "[5, 2, 9, 1]", 1),                       # the unsorted list is an echo
+    (REV, "Reverse it letter by letter.", 1),
+    (REV, "apple", 1),                               # the word itself is not a reversal
+    (UP, "Use capital letters.", 1),
+    # 2: right kind, wrong value
+    (ADD, "67", 2),
+    (ADD, "The answer is 78.", 2),
+    (SORT, "[1, 2, 9, 5]", 2),
+    (REV, "elpap", 2),                               # a rearrangement of a-p-p-l-e, not the reversal
+    (UP, "RIVRE", 2),
+    (CNT, "2", 2),
+    # 3: correct answer present, but not direct: competing answer, hedge, extra line, too long
+    (ADD, "It is 68, or maybe 67.", 3),              # last answer 67 is not the correct one
+    (ADD, "I think it is 68.", 3),                   # hedging
+    (ADD, "Let me see.\n68", 3),                     # two lines
+    (ADD, "68 is the answer to your question and I hope that this helps you a lot today.", 3),
+    (MAX, "4, 17, 9", 3),                            # documented simplification: unbracketed echo
+    (SORT, "Sorted: [1, 2, 5, 9], or [9, 5, 2, 1] descending.", 3),
+    # 4: direct and clean, but not the bare canonical form
+    (ADD, "23 + 45 = 68.", 4),                       # echoes allowed, last answer correct
+    (ADD, "The answer is 68.", 4),
+    (MAX, "The largest number in [4, 17, 9] is 17.", 4),
+    (SORT, "The sorted list is [1,2,5,9].", 4),      # same list, non-canonical spacing
+    (REV, 'The word "apple" reversed is "elppa".', 4),
+    (REV, "ELPPA", 4),                               # reversal, wrong case: not exact
+    (UP, "In capitals it is RIVER.", 4),
+    (CNT, 'The letter "a" appears 3 times in "banana".', 4),
+    (ADD, "68.", 4),
+    # 5: exactly the canonical answer (surrounding whitespace ignored)
+    (ADD, "68", 5),
+    (ADD, " 68\n", 5),
+    (MAX, "17", 5),
+    (SORT, "[1, 2, 5, 9]", 5),
+    (REV, "elppa", 5),
+    (UP, "RIVER", 5),
+    (CNT, "3", 5),
+])
+def test_grade_hand_written(task, response, score):
+    assert grade(task, response) == score
+    assert is_exact(task, response) == (score == 5)
+
+
+def test_criteria_are_additive_prefix():
+    # "68" inside a bracketed list is a list item, so the 2nd criterion fails and later
+    # criteria do not count even though "68" is in the text: score 1 (on topic via 23/45/68).
+    assert criteria(ADD, "[23, 45, 68]")[1] is False
+    assert grade(ADD, "[23, 45, 68]") == 1
+
+
+def test_candidate_extraction():
+    assert candidates(ADD, "3.5 and 68th and 168 and -4 and 68") == ["168", "-4", "68"]
+    assert candidates(SORT, "[1, 2] [a, b] [3,4]") == ["[1, 2]", "[3, 4]"]
+    assert candidates(UP, "I say RIVER and A and Ok") == ["RIVER"]
+    assert candidates(REV, "apple Elppa pale leppa") == ["elppa", "leppa"]
+
+
+def test_responses_of_each_quality_grade_exactly():
+    rng = random.Random(11)
+    for _ in range(300):
+        task = sample_task(rng)
+        texts = responses_of_each_quality(task, rng)
+        assert [grade(task, t) for t in texts] == [0, 1, 2, 3, 4, 5]
+        assert texts[5] == task.answer
+    with pytest.raises(ValueError):
+        response_of_quality(ADD, 6, rng)
+
+
+def test_judgement_text_parses_with_the_judge_parser():
+    from srlm.judge import parse_score
+    for s in range(6):
+        text = judgement_text(ADD, s)
+        assert text.startswith("The expected answer is 68;")
+        assert parse_score(text) == float(s)
+
+
+# ----------------------------------------------------------------------------- committed data/
+
+def _load_build():
+    spec = importlib.util.spec_from_file_location("srlm_data_build", DATA / "build.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _rows(name):
+    path = DATA / name
+    if not path.is_file():
+        pytest.skip(f"{path} not built (python data/build.py)")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_committed_text_files_match_the_generator():
+    build = _load_build()
+    files = build.build_text(seed=0)
+    for name in build.TEXT_FILES:
+        assert _rows(name) == files[name], f"data/{name} differs from build_text(seed=0): rebuild data/"
+
+
+def test_build_text_is_independent_of_hash_seed():
+    """Sets must never decide an order: a fresh interpreter with another PYTHONHASHSEED agrees."""
+    import subprocess
+    import sys
+    code = ("import importlib.util,json,sys;s=importlib.util.spec_from_file_location('b','data/build.py');"
+            "m=importlib.util.module_from_spec(s);s.loader.exec_module(m);"
+            "f=m.build_text(seed=3,n_eval=22,n_groups=11,n_ift=44,n_eft_tasks=12,n_sheets=20,n_notes=5);"
+            "print(json.dumps(f,sort_keys=True))")
+    outs = [subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                           env={**__import__("os").environ, "PYTHONHASHSEED": h}).stdout for h in ("1", "2")]
+    assert outs[0] == outs[1] and len(outs[0]) > 1000
+
+
+def test_data_fields_counts_and_disjointness():
+    ift, eft = _rows("ift.jsonl"), _rows("eft.jsonl")
+    seeds, evals, groups = _rows("seed_prompts.jsonl"), _rows("eval_prompts.jsonl"), _rows("eval_groups.jsonl")
+    corpus = _rows("pretrain.jsonl")
+    assert len(ift) >= 300 and len(eft) >= 300 and len(evals) >= 100 and len(groups) >= 50
+
+    # IFT: every response is the grader's perfect answer; every family present
+    ift_tasks = [parse_task(r["prompt"]) for r in ift]
+    assert all(t is not None and grade(t, r["response"]) == 5 for t, r in zip(ift_tasks, ift))
+    assert {t.family for t in ift_tasks} == set(FAMILY_NAMES)
+    assert [r["prompt"] for r in seeds] == [r["prompt"] for r in ift]
+    assert all(set(r) == {"id", "prompt", "source"} for r in seeds)
+
+    # EFT: the score in each judgement is the grader's score of the embedded answer; balanced
+    scores = Counter()
+    eft_tasks = []
+    for r in eft:
+        m = re.search(r"\nQuestion: (.*)\nAnswer: (.*?)\nGive one short reason", r["prompt"], re.S)
+        task = parse_task(m.group(1))
+        s = int(r["response"].rsplit("Score: ", 1)[1])
+        assert grade(task, m.group(2)) == s
+        assert r["response"] == judgement_text(task, s)
+        scores[s] += 1
+        eft_tasks.append(task)
+    assert set(scores) == set(range(6)) and max(scores.values()) - min(scores.values()) <= 1
+
+    # held-out groups: 4 replies, ranks follow the grader (0 = best), no ties
+    group_tasks = []
+    for g in groups:
+        task = parse_task(g["prompt"])
+        graded = [grade(task, reply) for reply in g["replies"]]
+        assert graded == g["scores"] and len(set(graded)) == 4
+        assert g["ranks"] == [sorted(graded, reverse=True).index(x) for x in graded]
+        group_tasks.append(task)
+
+    # held-out questions (by task, any wording) never appear in IFT, EFT or the corpus
+    eval_tasks = [parse_task(r["prompt"]) for r in evals]
+    assert all(t is not None and t.family == r["family"] for t, r in zip(eval_tasks, evals))
+    held_out = {t.key for t in eval_tasks + group_tasks}
+    assert len(held_out) == len(eval_tasks) + len(group_tasks)
+    assert not held_out & {t.key for t in ift_tasks + eft_tasks}
+    assert len({t.key for t in ift_tasks}) == len(ift)
+    corpus_text = "\n".join(r["text"] for r in corpus)
+    for key in held_out:
+        family, args = key
+        for i in range(len(FAMILIES[family].templates)):
+            assert make_task(family, args, i).prompt not in corpus_text
+    assert "[INST]" not in corpus_text                 # M0's corpus is not chat data
+
+
+def test_tokenizer_model():
+    spm = pytest.importorskip("sentencepiece")
+    path = DATA / "tokenizer.model"
+    if not path.is_file():
+        pytest.skip("data/tokenizer.model not built")
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+    assert (sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id()) == (0, 1, 2, -1)
+    assert 512 <= sp.vocab_size() <= 1000
+    for symbol in ("[INST]", "[/INST]", "\n"):
+        assert sp.piece_to_id(symbol) != sp.unk_id()
+    text = "[INST] What is 23 + 45? [/INST] The expected answer is 68; fine.\nScore: 4"
+    ids = sp.encode(text)
+    assert sp.decode(ids) == text                      # newlines survive: "Score:" stays on its line
+    assert sp.unk_id() not in ids
+    pieces = [sp.id_to_piece(i) for i in sp.encode("12345")]
+    assert all(sum(ch.isdigit() for ch in p) <= 1 for p in pieces)   # digits split one by one
+
+
+def test_m0_checkpoint_matches_tokenizer():
+    config = DATA / "m0" / "config.json"
+    if not config.is_file():
+        pytest.skip("data/m0 not built")
+    spm = pytest.importorskip("sentencepiece")
+    sp = spm.SentencePieceProcessor(model_file=str(DATA / "tokenizer.model"))
+    cfg = json.loads(config.read_text())
+    assert cfg["vocab_size"] == sp.vocab_size()
+    assert (DATA / "m0" / "model.safetensors").is_file()
+    assert (DATA / "m0" / "tokenizer.model").read_bytes() == (DATA / "tokenizer.model").read_bytes()
