@@ -15,6 +15,7 @@ Run the self-check (tiny model, one forward pass): `python -m srlm.model`.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -149,8 +150,8 @@ def attention(q, k, v, mask: Optional[torch.Tensor], impl: str, dropout_p: float
     B, H, T, hd = q.shape
     S = k.shape[2]
     n_rep = H // k.shape[1]
-    if impl == "triton" and mask is None and dropout_p == 0.0 and q.is_cuda:
-        from kernels.attention import flash_attention
+    if impl == "triton" and mask is None and dropout_p == 0.0 and (q.is_cuda or _triton_interpreter()):
+        from kernels.attention import flash_attention  # causal, bottom-right aligned when T < S
 
         return flash_attention(q, k, v, causal=True)
     if impl == "torch":
@@ -162,13 +163,18 @@ def attention(q, k, v, mask: Optional[torch.Tensor], impl: str, dropout_p: float
         scores = scores.masked_fill(~mask, float("-inf"))
         probs = F.dropout(F.softmax(scores, dim=-1), p=dropout_p)
         return (probs @ v.float()).type_as(q)
-    # "sdpa" (and "triton" where the kernel does not apply): PyTorch's fused attention.
+    # "sdpa", and "triton" where the kernel does not apply (an explicit mask, dropout): PyTorch's fused attention.
     k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, S, hd)
     if mask is None and T == S:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
     if mask is None:
         mask = causal_mask(T, S, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+def _triton_interpreter() -> bool:
+    """Triton kernels run on CPU tensors only under its interpreter (tests set TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 class KVCache:
