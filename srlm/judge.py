@@ -180,6 +180,29 @@ def parse_score(text, pattern: str | None = None) -> float | None:
     return _in_range(float(m.group("num")))
 
 
+def format_score(score: float) -> str:
+    """4.0 -> "4", 3.5 -> "3.5"."""
+    return f"{score:g}"
+
+
+def truncate_after_score(text: str, score: float, pattern: str | None = None) -> str:
+    """A judgement that ends with its score: whatever follows the last score line is dropped.
+
+    Default pattern: the last score line is rewritten in the canonical form "Score: <s>" (so
+    "**Score:** 4/5" becomes "Score: 4"); with a custom pattern the text is cut after its last
+    match. Used to build clean EFT training targets.
+    """
+    if pattern is not None:
+        last = None
+        for last in compile_score_pattern(pattern).finditer(text):
+            pass
+        return text[:last.end()] if last is not None else f"{text.rstrip()}\nScore: {format_score(score)}"
+    lines = text.splitlines()
+    cut = max((i for i, line in enumerate(lines) if _LABEL.match(line)), default=len(lines))
+    head = "\n".join(lines[:cut]).rstrip()
+    return (head + "\n" if head else "") + f"Score: {format_score(score)}"
+
+
 # ----------------------------------------------------------------------------- scores -> pairs
 
 def aggregate_scores(scores_per_judgement: Sequence[float | None], min_valid: int = 1) -> float | None:
