@@ -363,18 +363,18 @@ def grade_prompt(prompt: str, response: str) -> int | None:
 
 
 REASONS = {
-    0: "the reply does not address the question",
-    1: "the reply is on topic but gives no answer of the right kind",
-    2: "the reply gives an answer of the right kind, but not the correct one",
-    3: "the reply contains the correct answer, but not stated cleanly and directly",
-    4: "the reply states the correct answer directly, with a few extra words",
-    5: "the reply is exactly the correct answer with nothing extra",
+    0: "is off topic",
+    1: "is on topic but gives no answer of the right kind",
+    2: "gives an answer of the right kind, but a wrong one",
+    3: "contains the correct answer, but not cleanly",
+    4: "states the correct answer directly, with extra words",
+    5: "is exactly the correct answer, nothing extra",
 }
 
 
 def justification(task: Task, score: int) -> str:
     """One sentence explaining a score, as a judge would write it: the answer, then the reason."""
-    return f"The expected answer is {task.answer}; {REASONS[score]}."
+    return f"The expected answer is {task.answer}; the reply {REASONS[score]}."
 
 
 def judgement_text(task: Task, score: int) -> str:
