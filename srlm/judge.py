@@ -318,10 +318,12 @@ def make_model_judge(model, tokenizer, *, max_new_tokens: int = 256, temperature
     """Wrap a Llama + Tokenizer as `judge_fn(judge_prompts) -> judgement texts`.
 
     Each text is sent as one chat turn (tokenizer.encode_prompt) and sampled with
-    srlm.sampling.generate. A prompt too long for the model's context (prompt + max_new_tokens
-    > max_seq_len) is not truncated (that would change what is judged): its judgement is "",
-    which parses as no score. `judge_fn(prompts, seed=s)` samples with seed s (default: `seed`),
-    so a caller that numbers its batches gets the same texts when it reruns one.
+    srlm.sampling.generate. A prompt that fills the model's whole context is not truncated (that
+    would change what is judged): its judgement is "", which parses as no score. A prompt that
+    leaves less than max_new_tokens of room gets a shorter judgement (generate stops at the
+    context end); if that cuts off the score line, it too counts as a parse failure.
+    `judge_fn(prompts, seed=s)` samples with seed s (default: `seed`), so a caller that numbers
+    its batches gets the same texts when it reruns one.
     """
     from srlm.sampling import generate  # imported here: the parser needs no torch
 
@@ -329,7 +331,7 @@ def make_model_judge(model, tokenizer, *, max_new_tokens: int = 256, temperature
 
     def judge_fn(judge_prompts: list[str], seed: int = seed) -> list[str]:
         encoded = [tokenizer.encode_prompt(p) for p in judge_prompts]
-        fits = [max_len is None or len(ids) + max_new_tokens <= max_len for ids in encoded]
+        fits = [max_len is None or len(ids) < max_len for ids in encoded]
         todo = [ids for ids, ok in zip(encoded, fits) if ok]
         outs = iter(generate(model, todo, max_new_tokens, temperature=temperature, top_p=top_p,
                              eos_id=tokenizer.eos_id, seed=seed,

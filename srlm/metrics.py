@@ -141,6 +141,14 @@ def reward_model_metrics(groups: Iterable[dict]) -> dict:
     }
 
 
+def _pct(v) -> str:
+    return "-" if v is None or v != v else f"{v * 100:.1f}%"     # None / nan: no usable group
+
+
+def _num(v) -> str:
+    return "-" if v is None or v != v else f"{v:.3f}"
+
+
 def format_metrics(metrics: dict, title: str = "judge") -> str:
     """A small markdown table in the layout of the paper's reward-modelling table."""
     rows = [("pairwise accuracy", "pairwise_accuracy", True), ("5-best %", "five_best", True),
@@ -149,9 +157,9 @@ def format_metrics(metrics: dict, title: str = "judge") -> str:
     lines = [f"| metric | {title} |", "|---|---|"]
     for label, key, percent in rows:
         v = metrics[key]
-        lines.append(f"| {label} | {v * 100:.1f}% |" if percent else f"| {label} | {v:.3f} |")
+        lines.append(f"| {label} | {_pct(v) if percent else _num(v)} |")
     lines.append(f"({metrics['groups']} groups, {metrics['pairs']} ranked pairs, "
-                 f"judge ties {metrics['judge_tie_rate'] * 100:.1f}% of pairs, "
+                 f"judge ties {_pct(metrics['judge_tie_rate'])} of pairs, "
                  f"{metrics['replies_unscored']} unscored replies, "
                  f"{metrics['groups_skipped']} groups skipped)")
     return "\n".join(lines)
