@@ -178,3 +178,14 @@ def test_main_rejects_bad_options_before_loading(tmp_path):
                     "--min-valid", "3"])
     with pytest.raises(ValueError, match="invalid score pattern"):
         judge.main(["--model", "nowhere", "--input", str(tmp_path / "c.jsonl"), "--score-pattern", "("])
+
+
+def test_model_judge_leaves_prompts_that_fill_the_context_unjudged(tiny_model_dir):
+    from srlm.judge import make_model_judge
+    from srlm.model import Llama
+    from srlm.tokenizer import Tokenizer
+    model = Llama.from_pretrained(tiny_model_dir)
+    judge_fn = make_model_judge(model, Tokenizer.from_dir(tiny_model_dir), max_new_tokens=3)
+    long_prompt = "word " * 400                         # > 256 tokens: no room at all
+    texts = judge_fn(["short question", long_prompt, "another"], seed=1)
+    assert len(texts) == 3 and texts[1] == "" and texts[0] != "" and texts[2] != ""

@@ -251,3 +251,28 @@ def test_build_eft_strict_and_rebalance():
 def test_build_eft_rejects_a_judge_returning_the_wrong_number_of_texts():
     with pytest.raises(RuntimeError, match="returned 0 texts"):
         build_eft(GROUPS, lambda prompts: [], template=COMPACT_TEMPLATE)
+
+
+def test_main_with_a_judge_model_writes_eft_files(tmp_path):
+    """End to end with a tiny random Llama as the 'SFT baseline' (its judgements rarely parse, so
+    eft.jsonl may be empty; the point is the plumbing: every reply judged, logged, resumable)."""
+    torch = pytest.importorskip("torch")
+    from srlm.model import Llama, ModelArgs
+    sp = shared_file("sentencepiece_unigram_1000.model")
+    torch.manual_seed(0)
+    Llama(ModelArgs.preset("tiny", vocab_size=1000, max_seq_len=256)).save_pretrained(
+        tmp_path / "model", tokenizer_path=sp)
+    roots = [_msg(f"p{i}", "prompter", f"Question {i}?", replies=[
+        _msg(f"a{i}", "assistant", "Good answer.", 0), _msg(f"b{i}", "assistant", "Bad.", 1)])
+        for i in range(3)]
+    trees = _write_trees(tmp_path / "t.jsonl", roots)
+    argv = ["--trees", str(trees), "--out-dir", str(tmp_path / "out"), "--eval-fraction", "0",
+            "--judge-model", str(tmp_path / "model"), "--template", "compact",
+            "--max-new-tokens", "4", "--device", "cpu"]
+    stats = main(argv)
+    log = read_jsonl(tmp_path / "out" / "eft_judgements.jsonl", required=("reply_id", "judgement"))
+    assert sorted(r["reply_id"] for r in log) == ["a0", "a1", "a2", "b0", "b1", "b2"]
+    assert stats["eft_groups"] == 3 and (tmp_path / "out" / "eft.jsonl").is_file()
+    assert stats["eft_examples"] == len(read_jsonl(tmp_path / "out" / "eft.jsonl"))
+    assert main(argv) == stats                      # resumed from the log: same result
+    assert len(read_jsonl(tmp_path / "out" / "eft_judgements.jsonl")) == 6
