@@ -171,7 +171,7 @@ def parse_score(text, pattern: str | None = None) -> float | None:
             value_text = line[label.end():]
     if value_text is None:
         return None
-    m = _VALUE.fullmatch(value_text.rstrip(_VALUE_RIGHT).lstrip(_VALUE_LEFT))
+    m = _VALUE.fullmatch(value_text.strip().rstrip(_VALUE_RIGHT).lstrip(_VALUE_LEFT))
     if not m:
         return None
     den = m.group("den") or m.group("den2")

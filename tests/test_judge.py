@@ -89,6 +89,7 @@ PARSE_TABLE = [
     (f"{J}\nFinal score: 3", 3.0),
     (f"{J}\nTotal Score: 5", 5.0),
     (f"{J}\r\nScore: 3\r\n", 3.0),                    # CRLF
+    (f"{J}\nScore: 3\u00a0", 3.0),                     # trailing no-break space
     (f"{J}\rScore: 3", 3.0),                          # old Mac line end
     (f"  Score: 2   \n{J}", 2.0),                     # score first, justification after
     ("Score: 0", 0.0),
