@@ -79,6 +79,11 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
         return token_logprobs_reference(hidden, weight, targets, ignore_index)
     k = _kernels()
     fn = k.linear_logprobs if impl == "triton" else k.linear_logprobs_chunked
+    if torch.is_autocast_enabled(hidden.device.type):  # the kernels want one dtype for both operands
+        dt = torch.get_autocast_dtype(hidden.device.type)
+        hidden, weight = hidden.to(dt), weight.to(dt)
+    elif hidden.dtype != weight.dtype:
+        hidden = hidden.to(weight.dtype)
     out = fn(hidden, weight, targets, ignore_index=ignore_index).float()
     return torch.where(targets != ignore_index, out, torch.zeros_like(out))
 
