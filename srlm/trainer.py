@@ -43,6 +43,7 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from tqdm import tqdm
 
 from srlm import dist as sdist
@@ -307,6 +308,17 @@ def pair_logps(wrapped: LogprobModel, pairs: list[dict], pad_id: int, device: to
     return logps[: len(pairs)], logps[len(pairs):]
 
 
+def _reshard(wrapped: nn.Module) -> None:
+    """Free the parameters FSDP2 gathered for forward-only passes (the root keeps its own gathered
+    after a forward, expecting a backward); a later training step must start from the sharded state,
+    or the root's gradients are never reduced across ranks."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in wrapped.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 @torch.no_grad()
 def reference_logps(wrapped: LogprobModel, examples: list[dict], path: Path, meta: dict, micro_batch_size: int,
                     pad_id: int, device: torch.device, autocast, allow_compute: bool = True) -> None:
@@ -349,6 +361,7 @@ def reference_logps(wrapped: LogprobModel, examples: list[dict], path: Path, met
             bar.update(min(chunk, len(todo) - start))
         bar.close()
         wrapped.train(was_training)
+        _reshard(wrapped)
         sdist.barrier()
         done = {r["index"]: r for r in read_jsonl_partial(path)[1:]}
     for e in examples:

@@ -1,0 +1,190 @@
+"""train.py / srlm/trainer.py end to end on a tiny model: SFT, DPO, resume, torchrun parity, bad input.
+
+Run: python -m pytest -q tests/test_train.py
+(The torchrun test starts two CPU processes with the gloo backend; about 20 s on 2 cores.)
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train
+from conftest import ROOT, shared_file
+from srlm.checkpoint import save_hf
+from srlm.io import DataError, read_jsonl
+from srlm.logprobs import sequence_logprobs
+from srlm.model import Llama, ModelArgs
+from srlm.trainer import TrainingError, lr_at
+
+QA = [("What is 2 + 2?", "4"), ("Name a colour.", "Blue."), ("Say hi.", "Hi there!"),
+      ("Capital of France?", "Paris."), ("Opposite of hot?", "Cold."), ("Spell cat.", "C A T."),
+      ("Largest planet?", "Jupiter."), ("Count to three.", "1, 2, 3.")]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny random Llama saved as an HF dir with a real 1000-piece tokenizer, plus SFT and DPO data."""
+    tokenizer = shared_file("sentencepiece_unigram_1000.model")
+    root = tmp_path_factory.mktemp("train")
+    torch.manual_seed(0)
+    model = Llama(ModelArgs.preset("tiny", vocab_size=1000))
+    save_hf(model.state_dict(), model.args, root / "m0", tokenizer_path=tokenizer)
+    sft = root / "sft.jsonl"
+    sft.write_text("".join(json.dumps({"prompt": q, "response": a}) + "\n" for q, a in QA))
+    pairs = root / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"id": str(i), "prompt": q, "chosen": a, "rejected": "no idea, sorry"})
+                             + "\n" for i, (q, a) in enumerate(QA)))
+    return root
+
+
+def weights(path) -> dict:
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+def assert_same_weights(a, b, atol=0.0):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0.0 if atol == 0 else 1e-4, atol=atol, msg=k)
+
+
+def common(setup, stage, out, *extra):
+    data = setup / ("sft.jsonl" if stage == "sft" else "pairs.jsonl")
+    return ["--stage", stage, "--init", str(setup / "m0"), "--data", str(data), "--out", str(out),
+            "--lr", "1e-3", "--min-lr", "1e-4", "--warmup-steps", "0", "--batch-size", "4",
+            "--micro-batch-size", "2", "--device", "cpu", "--no-progress", *extra]
+
+
+def test_lr_schedule_hand_computed():
+    """lr 1.0 -> min 0.1 over 6 steps with 2 warmup steps: warmup 0.5, 1.0; then linear decay over
+    the remaining 4 steps, (step - 2) / 3 of the way: 1.0, 0.7, 0.4, 0.1."""
+    got = [lr_at(s, 6, 1.0, 0.1, 2) for s in range(6)]
+    assert got == pytest.approx([0.5, 1.0, 1.0, 0.7, 0.4, 0.1])
+
+
+def test_sft_writes_checkpoint_and_rerun_is_noop(setup):
+    out = setup / "sft_out"
+    summary = train.main(common(setup, "sft", out, "--max-steps", "2", "--dropout", "0"))
+    assert summary["summary"] and summary["steps"] == 2
+    for name in ("config.json", "model.safetensors", "tokenizer.model", "metrics.jsonl"):
+        assert (out / name).is_file(), name
+    log = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in log[:-1]] == [1, 2] and log[-1]["summary"]
+    assert all({"loss", "lr", "tokens_per_s", "grad_norm"} <= set(r) for r in log[:-1])
+    loaded = Llama.from_pretrained(out)  # later stages and outside tools load it
+    assert loaded.args.vocab_size == 1000
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    again = train.main(common(setup, "sft", out, "--max-steps", "2", "--dropout", "0"))
+    assert again == summary and (out / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_resume_equals_uninterrupted_run(setup):
+    """Dropout on, so the RNG state must be restored too: 4 steps straight == 2 steps, stop, resume."""
+    full, split = setup / "full", setup / "split"
+    args = ["--max-steps", "4", "--dropout", "0.1", "--seed", "7"]
+    train.main(common(setup, "sft", full, *args))
+    stopped = train.main(common(setup, "sft", split, *args, "--stop-after-steps", "2"))
+    assert stopped["stopped"] and not (split / "config.json").exists()
+    assert (setup / "split.train" / "checkpoint" / "trainer.pt").is_file()
+    state = torch.load(setup / "split.train" / "checkpoint" / "trainer.pt", weights_only=True)
+    assert state["step"] == 2
+    train.main(common(setup, "sft", split, *args))
+    assert_same_weights(full, split)
+    losses = lambda d: [r["loss"] for r in read_jsonl(d / "metrics.jsonl") if not r.get("summary")]
+    assert losses(split) == pytest.approx(losses(full), rel=1e-6) and len(losses(split)) == 4
+
+
+def test_dpo_raises_accuracy_and_margins(setup):
+    """A short DPO run on 8 pairs: rewards start at 0 (policy = reference) and the trained model
+    prefers every chosen answer more than the reference did."""
+    out = setup / "dpo_out"
+    train.main(common(setup, "dpo", out, "--max-steps", "8", "--beta", "0.1"))
+    log = [r for r in read_jsonl(out / "metrics.jsonl") if not r.get("summary")]
+    first, last = log[0], log[-1]
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                "logps/chosen", "logps/rejected"):
+        assert key in first
+    assert abs(first["rewards/margins"]) < 1e-4 and first["loss"] == pytest.approx(0.6931, abs=1e-3)
+    assert last["rewards/margins"] > 0.05 and last["rewards/accuracies"] == 1.0 and last["loss"] < first["loss"]
+
+    # Measure it again, independently of the training log: final model vs stored reference log-probs.
+    from srlm.data import collate_pairs, load_rows, tokenize
+    from srlm.tokenizer import Tokenizer
+
+    ref_rows = read_jsonl(setup / "dpo_out.train" / "ref_logps.jsonl")[1:]
+    examples, _ = tokenize(load_rows([setup / "pairs.jsonl"], "dpo"), "dpo", Tokenizer.from_dir(out), 256)
+    tokens, mask = collate_pairs(examples, pad_id=0)
+    model = Llama.from_pretrained(out).eval()
+    with torch.no_grad():
+        logps = sequence_logprobs(model, tokens, mask, impl="torch")
+    ref = {r["index"]: r for r in ref_rows}
+    n = len(examples)
+    margins = [(logps[i] - ref[i]["ref_chosen_logps"]) - (logps[n + i] - ref[i]["ref_rejected_logps"])
+               for i in range(n)]
+    assert all(m > 0 for m in margins)
+
+
+def torchrun(args, tmp):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           str(ROOT / "train.py"), *args]
+    proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_torchrun_two_processes_match_one(setup, stage):
+    """One optimizer step with FSDP2 over 2 gloo processes == the same step in one process."""
+    one, two = setup / f"{stage}_one", setup / f"{stage}_two"
+    args = ["--max-steps", "1", "--dropout", "0"]
+    s1 = train.main(common(setup, stage, one, *args))
+    torchrun(common(setup, stage, two, *args), setup)
+    s2 = read_jsonl(two / "metrics.jsonl")[-1]
+    assert s2["loss"] == pytest.approx(s1["loss"], rel=1e-5)
+    if stage == "dpo":
+        assert s2["rewards/margins"] == pytest.approx(s1["rewards/margins"], abs=1e-6)
+    assert_same_weights(one, two, atol=1e-5)
+
+
+def test_nan_loss_stops_and_keeps_last_good_state(setup, monkeypatch):
+    from srlm import trainer
+
+    real = trainer.step_losses
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        sums = real(*a, **k)
+        if calls["n"] == 3:
+            sums["loss"] = float("nan")
+        return sums
+
+    monkeypatch.setattr(trainer, "step_losses", poisoned)
+    out = setup / "nan_out"
+    with pytest.raises(TrainingError, match=r"step 3: the loss is nan.*nan_out\.train/checkpoint"):
+        train.main(common(setup, "sft", out, "--max-steps", "4", "--save-every", "2", "--dropout", "0"))
+    assert not (out / "config.json").exists()
+    state = torch.load(setup / "nan_out.train" / "checkpoint" / "trainer.pt", weights_only=True)
+    assert state["step"] == 2
+    Llama.from_pretrained(setup / "nan_out.train" / "checkpoint" / "model")  # intact and loadable
+
+
+def test_bad_input(setup, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty.jsonl: no rows"):
+        train.main(["--stage", "sft", "--init", str(setup / "m0"), "--data", str(empty), "--out",
+                    str(tmp_path / "o"), "--device", "cpu"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "x", "chosen": "y"}) + "\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--stage", "dpo", "--init", str(setup / "m0"),
+                           "--data", str(bad), "--out", str(tmp_path / "o"), "--device", "cpu"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1
+    assert "bad.jsonl:1: missing required field(s) ['rejected']" in proc.stderr
