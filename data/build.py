@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import io
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -230,19 +231,28 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 # ----------------------------------------------------------------------------- M0
 
-def pretrain_m0(out_dir: Path, seed: int, steps: int) -> None:
-    """Pretrain M0 on pretrain.jsonl with our own train.py (a subprocess: a clean, separate run)."""
+def pretrain_m0(out_dir: Path, seed: int, steps: int, lr: float) -> None:
+    """Pretrain M0 on pretrain.jsonl with our own train.py (a subprocess: a clean, separate run).
+
+    It trains into data/.m0.building (train.py keeps its resumable state in .m0.building.train,
+    so running build.py again after a crash resumes); only a finished checkpoint replaces m0/,
+    and the resumable state is then removed: data/ keeps the checkpoint and its metrics.jsonl.
+    """
     import sentencepiece as spm
 
     vocab = spm.SentencePieceProcessor(model_file=str(out_dir / "tokenizer.model")).vocab_size()
-    config = {**M0_CONFIG, "vocab_size": vocab}
-    write_json(out_dir / "m0_config.json", config)
+    write_json(out_dir / "m0_config.json", {**M0_CONFIG, "vocab_size": vocab})
+    building, final = out_dir / ".m0.building", out_dir / "m0"
     cmd = [sys.executable, str(ROOT / "train.py"), "--stage", "pretrain",
            "--data", str(out_dir / "pretrain.jsonl"), "--model-config", str(out_dir / "m0_config.json"),
-           "--tokenizer", str(out_dir / "tokenizer.model"), "--out", str(out_dir / "m0"),
-           "--seed", str(seed), "--max-steps", str(steps)]
+           "--tokenizer", str(out_dir / "tokenizer.model"), "--out", str(building),
+           "--seed", str(seed), "--max-steps", str(steps), "--lr", str(lr), "--min-lr", str(lr / 10),
+           "--batch-size", "16", "--micro-batch-size", "16", "--device", "cpu"]
     print("running:", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
+    shutil.rmtree(final, ignore_errors=True)
+    building.rename(final)
+    shutil.rmtree(out_dir / ".m0.building.train", ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- main
@@ -252,7 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=DATA_DIR, help="folder to write into (default: data/)")
     p.add_argument("--vocab-size", type=int, default=640)
-    p.add_argument("--pretrain-steps", type=int, default=600)
+    p.add_argument("--pretrain-steps", type=int, default=400, help="optimizer steps of 16 documents")
+    p.add_argument("--pretrain-lr", type=float, default=2e-3, help="peak learning rate (decays to a tenth)")
     p.add_argument("--skip-model", action="store_true", help="write the text files and tokenizer only")
     args = p.parse_args(argv)
 
@@ -269,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.out / 'tokenizer.model'}: vocab {args.vocab_size}, {len(model) / 1024:.0f} KiB")
 
     if not args.skip_model:
-        pretrain_m0(args.out, args.seed, args.pretrain_steps)
+        pretrain_m0(args.out, args.seed, args.pretrain_steps, args.pretrain_lr)
         print(f"wrote {args.out / 'm0'}")
     print(f"done in {time.time() - t0:.0f} s")
 
