@@ -164,12 +164,14 @@ def attention(q, k, v, mask: Optional[torch.Tensor], impl: str, dropout_p: float
         probs = F.dropout(F.softmax(scores, dim=-1), p=dropout_p)
         return (probs @ v.float()).type_as(q)
     # "sdpa", and "triton" where the kernel does not apply (an explicit mask, dropout): PyTorch's fused attention.
-    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, S, hd)
+    # enable_gqa: each K/V head serves its group of query heads inside the kernel, with no (B, H, S, hd)
+    # copy of the keys and values (that copy of the whole KV cache dominated a decode step).
+    gqa = n_rep > 1
     if mask is None and T == S:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, enable_gqa=gqa)
     if mask is None:
         mask = causal_mask(T, S, q.device)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
 
 
 def _triton_interpreter() -> bool:
