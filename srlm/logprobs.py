@@ -128,7 +128,7 @@ def sequence_logprobs(model: nn.Module, tokens: torch.Tensor, loss_mask: torch.T
 
 
 class LogprobModel(nn.Module):
-    """Llama + head log-probs in one forward: (tokens, loss_mask) -> per-token log-probs (B, T - 1).
+    """Llama + head log-probs in one forward: (tokens, loss_mask) -> summed log-probs per row (B,).
 
     Training shards this wrapper with FSDP2 as the root module, so model.output.weight is gathered
     while the head runs. State-dict keys carry a `model.` prefix; `unwrap_state_dict` removes it.
@@ -140,7 +140,7 @@ class LogprobModel(nn.Module):
         self.impl = impl
 
     def forward(self, tokens: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-        return masked_token_logprobs(self.model, tokens, loss_mask, self.impl)
+        return sequence_logprobs(self.model, tokens, loss_mask, impl=self.impl)  # (B,), a fresh tensor
 
 
 def unwrap_state_dict(state: dict) -> dict:

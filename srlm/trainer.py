@@ -6,8 +6,8 @@
 One step, whatever the stage:
   1. the step's global batch (srlm/data.py: a per-epoch permutation from the seed) is split across
      ranks, then into micro-batches;
-  2. each micro-batch runs one forward pass of LogprobModel (per-token log-probs of the targets,
-     srlm/logprobs.py) and adds its share of the loss to the gradients;
+  2. each micro-batch runs one forward pass of LogprobModel (log-probs of the target tokens summed
+     per sequence, srlm/logprobs.py) and adds its share of the loss to the gradients;
   3. the loss is normalised over the whole global batch (tokens for pretrain/SFT, pairs for DPO),
      so 1 process and N processes, any micro-batch size, compute the same gradient;
   4. gradients are clipped, AdamW steps, metrics are reduced over ranks and logged.
@@ -303,8 +303,7 @@ def pair_logps(wrapped: LogprobModel, pairs: list[dict], pad_id: int, device: to
     """One forward pass for chosen and rejected together -> (chosen_logps, rejected_logps), (B,) each."""
     tokens, loss_mask = collate_pairs(pairs, pad_id)  # (2B, T): chosen rows first
     with autocast():
-        per_token = wrapped(tokens.to(device), loss_mask.to(device))  # (2B, T - 1)
-    logps = per_token.sum(-1)  # (2B,) summed over the response tokens
+        logps = wrapped(tokens.to(device), loss_mask.to(device))  # (2B,) summed over the response tokens
     return logps[: len(pairs)], logps[len(pairs):]
 
 
@@ -389,8 +388,8 @@ def step_losses(wrapped, cfg: TrainConfig, examples: list[dict], global_idx: lis
         for mb in micro_batches(mine, cfg.micro_batch_size):
             tokens, loss_mask = collate([e["tokens"] for e in mb], [e["loss_mask"] for e in mb], pad_id)
             with autocast():
-                per_token = wrapped(tokens.to(device), loss_mask.to(device))  # (B, T - 1)
-            nll = -per_token.sum()  # summed over target tokens; 0 elsewhere
+                logps = wrapped(tokens.to(device), loss_mask.to(device))  # (B,) summed over target tokens
+            nll = -logps.sum()
             (nll * (scale / total_targets)).backward()
             sums["loss"] += nll.item() / total_targets
             sums["tokens"] += sum(len(e["tokens"]) for e in mb)

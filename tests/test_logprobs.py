@@ -93,7 +93,7 @@ def test_logprob_model_wrapper(model):
     tokens = torch.tensor([[1, 4, 5, 6, 2]])
     mask = torch.tensor([[0, 0, 1, 1, 1]])
     wrapped = LogprobModel(model, impl="torch")
-    torch.testing.assert_close(wrapped(tokens, mask), masked_token_logprobs(model, tokens, mask, impl="torch"))
+    torch.testing.assert_close(wrapped(tokens, mask), masked_token_logprobs(model, tokens, mask, impl="torch").sum(-1))
     keys = set(unwrap_state_dict(wrapped.state_dict()))
     assert keys == set(model.state_dict())
 

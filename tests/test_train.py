@@ -23,7 +23,9 @@ from srlm.trainer import TrainingError, lr_at
 
 QA = [("What is 2 + 2?", "4"), ("Name a colour.", "Blue."), ("Say hi.", "Hi there!"),
       ("Capital of France?", "Paris."), ("Opposite of hot?", "Cold."), ("Spell cat.", "C A T."),
-      ("Largest planet?", "Jupiter."), ("Count to three.", "1, 2, 3.")]
+      ("Largest planet?", "Jupiter."), ("Count to three.", "1, 2, 3."), ("Is ice cold?", "Yes.")]
+# 9 pairs: with 2 ranks x 2 pairs per forward, the last reference-log-prob chunk has 1 pair, so one
+# rank runs a dummy forward to keep FSDP's collectives in step.
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +151,17 @@ def test_torchrun_two_processes_match_one(setup, stage):
     if stage == "dpo":
         assert s2["rewards/margins"] == pytest.approx(s1["rewards/margins"], abs=1e-6)
     assert_same_weights(one, two, atol=1e-5)
+
+
+def test_activation_checkpointing_and_bf16(setup):
+    """Recomputing blocks in backward changes nothing; bf16 autocast gives a close, finite loss."""
+    args = ["--max-steps", "1", "--dropout", "0"]
+    plain = train.main(common(setup, "sft", setup / "ac_off", *args))
+    ckpt = train.main(common(setup, "sft", setup / "ac_on", *args, "--activation-checkpointing"))
+    assert ckpt["loss"] == pytest.approx(plain["loss"], rel=1e-6)
+    assert_same_weights(setup / "ac_off", setup / "ac_on", atol=1e-6)
+    bf16 = train.main(common(setup, "sft", setup / "bf16", *args, "--dtype", "bf16"))
+    assert bf16["loss"] == pytest.approx(plain["loss"], rel=2e-2)
 
 
 def test_nan_loss_stops_and_keeps_last_good_state(setup, monkeypatch):
