@@ -21,8 +21,9 @@ for a single process). One process never touches torch.distributed.
 Files, for `--out DIR`:
   DIR/                      the final Hugging Face checkpoint + metrics.jsonl, written at the end
   DIR.train/metrics.jsonl   one JSON line per step while training (copied into DIR at the end)
-  DIR.train/checkpoint/     latest resumable state: model/ (HF dir, fp32) + trainer.pt (optimizer,
-                            step, RNG of every rank; torch.load(weights_only=True)), swapped in atomically
+  DIR.train/checkpoint/     latest resumable state, swapped in atomically: model/ (HF dir, fp32),
+                            optimizer.pt (full AdamW state) and trainer.pt (step, RNG of every rank,
+                            settings), both read with torch.load(weights_only=True)
   DIR.train/ref_logps.jsonl DPO only: the reference model's log-probs of every pair, computed once
                             before training with the starting model (its first line describes the data)
 The final checkpoint appears only when training has finished; running a finished stage again is
@@ -268,8 +269,9 @@ def save_training_state(ckpt_dir: Path, wrapped: LogprobModel, optimizer, step: 
         from srlm.checkpoint import save_hf
 
         save_hf(model_state, wrapped.model.args, tmp / "model", tokenizer_path=tokenizer_path)
-        torch.save({"step": step, "optimizer": optim_state, "rng": rngs, "world_size": len(rngs),
-                    "config": json.dumps(asdict(cfg))}, tmp / "trainer.pt")
+        torch.save(optim_state, tmp / "optimizer.pt")
+        torch.save({"step": step, "rng": rngs, "world_size": len(rngs), "config": json.dumps(asdict(cfg))},
+                   tmp / "trainer.pt")
         old = ckpt_dir.parent / f".{ckpt_dir.name}.old-{os.getpid()}"
         if ckpt_dir.exists():
             os.replace(ckpt_dir, old)
@@ -279,13 +281,30 @@ def save_training_state(ckpt_dir: Path, wrapped: LogprobModel, optimizer, step: 
     sdist.barrier()
 
 
+# Settings that change what a run computes: a resumed run must use the ones it was started with.
+RESUME_KEYS = ("stage", "data", "init", "model_config", "lr", "min_lr", "warmup_steps", "epochs", "max_steps",
+               "batch_size", "max_seq_len", "beta", "label_smoothing", "loss", "dropout", "weight_decay",
+               "grad_clip", "seed")
+
+
+def check_resume_config(ckpt_dir: Path, cfg: TrainConfig) -> None:
+    """Refuse to resume a state saved with other settings (the result would match neither run)."""
+    saved = json.loads(torch.load(ckpt_dir / "trainer.pt", map_location="cpu", weights_only=True)["config"])
+    now = asdict(cfg)
+    diff = [f"{k}: saved {saved.get(k)!r}, now {now[k]!r}" for k in RESUME_KEYS if saved.get(k) != now[k]]
+    if diff:
+        raise TrainingError(f"{ckpt_dir} was saved by a run with other settings ({'; '.join(diff)}); "
+                            f"rerun with those settings to resume, or pass --no-resume to start over")
+
+
 def load_training_state(ckpt_dir: Path, wrapped: LogprobModel, optimizer, device: torch.device) -> int:
     """Restore optimizer + RNG from ckpt_dir (the weights were loaded with the model); return the step."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     state = torch.load(ckpt_dir / "trainer.pt", map_location="cpu", weights_only=True)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    optim_state = state["optimizer"] if rank == 0 else {}
+    # Only rank 0 reads the full optimizer state; FSDP scatters each rank's shard from it.
+    optim_state = torch.load(ckpt_dir / "optimizer.pt", map_location="cpu", weights_only=True) if rank == 0 else {}
     set_optimizer_state_dict(wrapped, optimizer, optim_state,
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=world > 1))
     if state["world_size"] == world:
@@ -457,6 +476,8 @@ def train(cfg: TrainConfig) -> dict:
     # ---- tokenizer, model, data ----
     tokenizer = Tokenizer(cfg.tokenizer) if cfg.tokenizer else Tokenizer.from_dir(cfg.init)
     resuming = cfg.resume and (ckpt_dir / "trainer.pt").is_file()
+    if resuming:
+        check_resume_config(ckpt_dir, cfg)
     if not cfg.resume and work.exists() and sdist.is_main():
         shutil.rmtree(work)
     sdist.barrier()

@@ -95,6 +95,8 @@ def test_resume_equals_uninterrupted_run(setup):
     assert (setup / "split.train" / "checkpoint" / "trainer.pt").is_file()
     state = torch.load(setup / "split.train" / "checkpoint" / "trainer.pt", weights_only=True)
     assert state["step"] == 2
+    with pytest.raises(TrainingError, match=r"other settings \(seed: saved 7, now 8\).*--no-resume"):
+        train.main(common(setup, "sft", split, "--max-steps", "4", "--dropout", "0.1", "--seed", "8"))
     train.main(common(setup, "sft", split, *args))
     assert_same_weights(full, split)
     losses = lambda d: [r["loss"] for r in read_jsonl(d / "metrics.jsonl") if not r.get("summary")]
