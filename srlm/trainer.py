@@ -177,11 +177,12 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+def _all_reduce_sum(sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Sum each metric over the ranks: one collective and one device-to-host copy per step."""
+    t = torch.stack(list(sums.values()))
     if dist.is_initialized():
         dist.all_reduce(t)
-    return t.tolist()
+    return dict(zip(sums, t.tolist()))
 
 
 def _log(msg: str) -> None:
@@ -393,46 +394,47 @@ def reference_logps(wrapped: LogprobModel, examples: list[dict], path: Path, met
 # one optimizer step
 # ---------------------------------------------------------------------------------------------
 def step_losses(wrapped, cfg: TrainConfig, examples: list[dict], global_idx: list[int], rank: int, world: int,
-                pad_id: int, device: torch.device, autocast) -> dict:
+                pad_id: int, device: torch.device, autocast) -> dict[str, torch.Tensor]:
     """Forward + backward over this rank's share of one global batch; return the rank's metric sums.
 
-    The loss is normalised over the whole global batch, then scaled by world_size because FSDP
-    averages the gradients of the ranks: the result is the gradient of the global mean loss.
+    The loss is normalised over the whole global batch (target tokens for pretrain/SFT, pairs for
+    DPO), then scaled by world_size because FSDP averages the gradients of the ranks: the result is
+    the gradient of the global mean loss. Metrics stay on the device (no sync per micro-batch).
     """
     mine = [examples[i] for i in sdist.shard(global_idx, rank, world)]
     scale = world if dist.is_initialized() else 1
-    sums = {"loss": 0.0, "tokens": 0.0}
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    sums = {"loss": zero.clone(), "tokens": zero.clone()}
     if cfg.stage != "dpo":
-        total_targets = sum(sum(examples[i]["loss_mask"][1:]) for i in global_idx)
+        total_targets = max(1, sum(sum(examples[i]["loss_mask"][1:]) for i in global_idx))
         for mb in micro_batches(mine, cfg.micro_batch_size):
             tokens, loss_mask = collate([e["tokens"] for e in mb], [e["loss_mask"] for e in mb], pad_id)
             with autocast():
                 logps = wrapped(tokens.to(device), loss_mask.to(device))  # (B,) summed over target tokens
             nll = -logps.sum()
             (nll * (scale / total_targets)).backward()
-            sums["loss"] += nll.item() / total_targets
+            sums["loss"] += nll.detach() / total_targets
             sums["tokens"] += sum(len(e["tokens"]) for e in mb)
         return sums
 
-    for key in DPO_METRICS:
-        sums[key] = 0.0
+    sums.update({key: zero.clone() for key in DPO_METRICS})
     n_pairs = len(global_idx)
     for mb in micro_batches(mine, cfg.micro_batch_size):
-        chosen, rejected = pair_logps(wrapped, mb, pad_id, device, autocast)
+        chosen, rejected = pair_logps(wrapped, mb, pad_id, device, autocast)  # (B,) each
         ref_chosen = torch.tensor([e["ref_chosen_logps"] for e in mb], dtype=torch.float32, device=device)
         ref_rejected = torch.tensor([e["ref_rejected_logps"] for e in mb], dtype=torch.float32, device=device)
         losses, chosen_rewards, rejected_rewards = dpo_loss(
             chosen, rejected, ref_chosen, ref_rejected, beta=cfg.beta, label_smoothing=cfg.label_smoothing,
             loss_type=cfg.loss)
         (losses.sum() * (scale / n_pairs)).backward()
-        sums["loss"] += losses.sum().item() / n_pairs
+        sums["loss"] += losses.detach().sum() / n_pairs
         sums["tokens"] += sum(len(e["chosen_tokens"]) + len(e["rejected_tokens"]) for e in mb)
-        sums["rewards/chosen"] += chosen_rewards.sum().item() / n_pairs
-        sums["rewards/rejected"] += rejected_rewards.sum().item() / n_pairs
-        sums["rewards/accuracies"] += (chosen_rewards > rejected_rewards).float().sum().item() / n_pairs
-        sums["rewards/margins"] += (chosen_rewards - rejected_rewards).sum().item() / n_pairs
-        sums["logps/chosen"] += chosen.detach().sum().item() / n_pairs
-        sums["logps/rejected"] += rejected.detach().sum().item() / n_pairs
+        sums["rewards/chosen"] += chosen_rewards.sum() / n_pairs
+        sums["rewards/rejected"] += rejected_rewards.sum() / n_pairs
+        sums["rewards/accuracies"] += (chosen_rewards > rejected_rewards).sum() / n_pairs
+        sums["rewards/margins"] += (chosen_rewards - rejected_rewards).sum() / n_pairs
+        sums["logps/chosen"] += chosen.detach().sum() / n_pairs
+        sums["logps/rejected"] += rejected.detach().sum() / n_pairs
     return sums
 
 
@@ -539,8 +541,7 @@ def train(cfg: TrainConfig) -> dict:
             group["lr"] = lr
         global_idx = batch_indices(step, cfg.batch_size, len(examples), cfg.seed)
         sums = step_losses(wrapped, cfg, examples, global_idx, rank, world, tokenizer.pad_id, device, autocast)
-        keys = list(sums)
-        reduced = dict(zip(keys, _all_reduce_sum([sums[k] for k in keys], device)))
+        reduced = _all_reduce_sum(sums)
         if not math.isfinite(reduced["loss"]):
             raise TrainingError(f"step {step + 1}: the loss is {reduced['loss']}; stopped before the optimizer "
                                 f"step. The last good state is {ckpt_dir if ckpt_dir.exists() else 'none (no save yet)'}; "
