@@ -56,11 +56,11 @@ def instruction_following(model, tokenizer, eval_prompts: list[dict], max_new_to
 
 
 def reward_modelling(model, tokenizer, eval_groups: list[dict], template: str, max_new_tokens: int,
-                     batch_size: int) -> tuple[dict, list[dict]]:
+                     batch_size: int, score_pattern: str | None = None) -> tuple[dict, list[dict]]:
     flat = [(gi, judge_prompt(g["prompt"], reply, template))
             for gi, g in enumerate(eval_groups) for reply in g["replies"]]
     texts = _greedy(model, tokenizer, [p for _, p in flat], max_new_tokens, batch_size)
-    scores = [parse_score(t) for t in texts]
+    scores = [parse_score(t, score_pattern) for t in texts]
     groups, rows, k = [], [], 0
     for gi, g in enumerate(eval_groups):
         n = len(g["replies"])
@@ -90,7 +90,7 @@ def head_to_head(rows_a: list[dict], rows_b: list[dict]) -> dict:
 
 def evaluate_model(model_dir, name: str, out_dir, eval_prompts_file, eval_groups_file, *, template="compact",
                    max_new_tokens: int = 48, judge_max_new_tokens: int = 48, batch_size: int = 64,
-                   device: str = "cpu") -> dict:
+                   score_pattern: str | None = None, device: str = "cpu") -> dict:
     """Evaluate one checkpoint; cached in <out_dir>/<name>.json."""
     from srlm.model import Llama
     from srlm.tokenizer import Tokenizer
@@ -106,7 +106,7 @@ def evaluate_model(model_dir, name: str, out_dir, eval_prompts_file, eval_groups
     with torch.no_grad():
         ift, answers = instruction_following(model, tokenizer, eval_prompts, max_new_tokens, batch_size)
         rm, judgements = reward_modelling(model, tokenizer, eval_groups, load_template(template),
-                                          judge_max_new_tokens, batch_size)
+                                          judge_max_new_tokens, batch_size, score_pattern)
     write_jsonl(out_dir / f"{name}_answers.jsonl", answers)
     write_jsonl(out_dir / f"{name}_judgements.jsonl", judgements)
     result = {"model": name, "instruction_following": ift, "reward_modelling": rm}

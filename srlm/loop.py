@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:  # the CLIs (train.py, generate.py, judge.py) live
     sys.path.insert(0, str(ROOT))
 
 from srlm import dist  # noqa: E402
-from srlm.io import read_jsonl, write_json, atomic_write_text  # noqa: E402
+from srlm.io import atomic_write_text, read_jsonl, write_json, write_jsonl  # noqa: E402
 
 DATA = ROOT / "data"
 
@@ -58,7 +58,7 @@ SETTINGS = {
                   eval_max_new_tokens=512),
     "tiny": dict(num_prompts=96, n_candidates=4, n_judgements=3, judge_template="compact",
                  prompt_temperature=0.6, response_temperature=0.7, judge_temperature=0.7, top_p=0.9,
-                 max_new_tokens=24, judge_max_new_tokens=24, prompt_max_new_tokens=32,
+                 max_new_tokens=24, judge_max_new_tokens=48, prompt_max_new_tokens=32,
                  sft_lr=3e-3, sft_min_lr=3e-4, sft_epochs=2, sft_batch_size=16, sft_dropout=0.1,
                  dpo_lr=3e-5, dpo_min_lr=3e-6, dpo_epochs=2, dpo_batch_size=16, beta=0.1,
                  eval_max_new_tokens=24),
@@ -100,7 +100,8 @@ def run(a) -> dict:
         if dist.is_main():
             out = evaluate_model(model_dir, name, run_dir / "eval", a.eval_prompts, a.eval_groups,
                                  template=s["judge_template"], max_new_tokens=s["eval_max_new_tokens"],
-                                 judge_max_new_tokens=s["judge_max_new_tokens"], device=a.device)
+                                 judge_max_new_tokens=s["judge_max_new_tokens"], score_pattern=a.score_pattern,
+                                 device=a.device)
         dist.barrier()
         return out
 
@@ -120,7 +121,13 @@ def run(a) -> dict:
         seed = str(a.seed + t)
         prompts, candidates = it / "prompts.jsonl", it / "candidates.jsonl"
         judgements, pairs, next_model = it / "judgements.jsonl", it / "pairs.jsonl", it / "model"
-        pool = ["--generated-pool", *map(str, generated_pools)] if generated_pools else []
+        pool = []
+        if generated_pools:  # every prompt written in earlier iterations, in one file
+            earlier = it / "earlier_prompts.jsonl"
+            if dist.is_main() and not earlier.exists():
+                write_jsonl(earlier, [r for f in generated_pools for r in read_jsonl(f)])
+            dist.barrier()
+            pool = ["--generated-pool", str(earlier)]
         step(f"iteration {t}: self-instruct prompts", prompts, lambda: generate.main([
             "--task", "prompts", "--model", str(current), "--seed-pool", str(a.seed_prompts), *pool,
             "--num-prompts", str(s["num_prompts"]), "--output", str(prompts),
@@ -136,7 +143,8 @@ def run(a) -> dict:
             "--model", str(current), "--input", str(candidates), "--judgements", str(judgements),
             "--pairs", str(pairs), "--k", str(s["n_judgements"]), "--template", s["judge_template"],
             "--temperature", str(s["judge_temperature"]), "--top-p", str(s["top_p"]),
-            "--max-new-tokens", str(s["judge_max_new_tokens"]), "--device", a.device, "--seed", seed]))
+            "--max-new-tokens", str(s["judge_max_new_tokens"]), "--device", a.device, "--seed", seed,
+            *(["--score-pattern", a.score_pattern] if a.score_pattern else [])]))
         n_pairs = len(read_jsonl(pairs)) if pairs.exists() else 0
         if n_pairs == 0:
             log(f"iteration {t}: no preference pairs were built; stopping the loop here")
@@ -222,6 +230,7 @@ def main(argv=None):
                    help="default hyperparameters: 'tiny' for the built-in M0, else 'paper'")
     for key, value in SETTINGS["tiny"].items():  # every setting can be overridden on its own
         p.add_argument("--" + key.replace("_", "-"), type=type(value), default=None)
+    p.add_argument("--score-pattern", default=None, help="regex for the judge's score (default: 'Score: N' lines)")
     p.add_argument("--skip-eval", action="store_true", help="run the loop without the evaluations")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--seed", type=int, default=0)

@@ -1,0 +1,160 @@
+"""Tests for srlm/loop.py and srlm/evaluate.py: the whole loop on a micro config, and kill + resume.
+
+The micro base model is random (dim 32, one layer) with the built-in tokenizer; a random model
+never writes "Score: N", so these runs read the judge's score with a custom pattern (any digit
+0-5 in the judgement, a feature users have for their own judge formats). That keeps the loop's
+every step real, pairs included, in seconds.
+
+    python -m pytest -q tests/test_loop.py
+"""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from srlm import loop
+from srlm.evaluate import head_to_head
+from srlm.io import read_jsonl, write_jsonl
+from srlm.model import Llama, ModelArgs
+from srlm.tokenizer import Tokenizer
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    if not (DATA / "tokenizer.model").is_file():
+        pytest.skip("data/ has not been built")
+    root = tmp_path_factory.mktemp("micro")
+    torch.manual_seed(0)
+    m0 = Llama(ModelArgs(dim=32, n_layers=1, n_heads=2, vocab_size=640, multiple_of=16, max_seq_len=512))
+    sp = Tokenizer(DATA / "tokenizer.model").sp
+    with torch.no_grad():  # nudge the head towards the digits 0-5, so judgements carry numbers to read
+        for d in range(6):
+            m0.output.weight[sp.piece_to_id(str(d))] += 0.5 * torch.randn(32)
+    m0.save_pretrained(root / "m0", tokenizer_path=DATA / "tokenizer.model")
+    for name, n in [("ift", 24), ("eft", 24), ("seed_prompts", 24), ("eval_prompts", 6), ("eval_groups", 3)]:
+        write_jsonl(root / f"{name}.jsonl", read_jsonl(DATA / f"{name}.jsonl")[:n])
+    return root
+
+
+def loop_args(micro, run_dir):
+    return ["--run-dir", str(run_dir), "--base-model", str(micro / "m0"), "--settings", "tiny",
+            "--ift", str(micro / "ift.jsonl"), "--eft", str(micro / "eft.jsonl"),
+            "--seed-prompts", str(micro / "seed_prompts.jsonl"), "--eval-prompts", str(micro / "eval_prompts.jsonl"),
+            "--eval-groups", str(micro / "eval_groups.jsonl"), "--num-prompts", "4", "--n-candidates", "3",
+            "--n-judgements", "2", "--sft-epochs", "1", "--sft-lr", "1e-4", "--dpo-epochs", "2", "--sft-batch-size", "8",
+            "--dpo-batch-size", "2", "--max-new-tokens", "6", "--judge-max-new-tokens", "6",
+            "--prompt-max-new-tokens", "12", "--eval-max-new-tokens", "6", "--score-pattern", "(?P<score>[0-5])",
+            "--device", "cpu"]
+
+
+ARTIFACTS = ["iter1/prompts.jsonl", "iter1/candidates.jsonl", "iter1/judgements.jsonl", "iter1/pairs.jsonl",
+             "iter2/prompts.jsonl", "iter2/candidates.jsonl", "iter2/judgements.jsonl", "iter2/pairs.jsonl"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(micro):
+    run_dir = micro / "run_a"
+    results = loop.main(loop_args(micro, run_dir))
+    return run_dir, results
+
+
+def weights(model_dir):
+    from safetensors.torch import load_file
+
+    return load_file(Path(model_dir) / "model.safetensors")
+
+
+def test_whole_loop_writes_every_artifact(uninterrupted):
+    run_dir, results = uninterrupted
+    assert set(results) == {"m1", "m2", "m3"}
+    for rel in ARTIFACTS + ["m1/config.json", "iter1/model/config.json", "iter2/model/config.json",
+                            "eval/m3.json", "results.json", "results.md", "settings.json"]:
+        assert (run_dir / rel).exists(), rel
+    pairs = read_jsonl(run_dir / "iter1/pairs.jsonl")
+    assert pairs and all(p["chosen"] != p["rejected"] and p["chosen_score"] > p["rejected_score"] for p in pairs)
+    for name in ("m2", "m3"):
+        assert set(results[name]["vs_m1"]) >= {"win", "tie", "loss"}
+        assert results[name]["data"]["pairs"] == len(read_jsonl(run_dir / f"iter{int(name[1]) - 1}/pairs.jsonl"))
+    table = (run_dir / "results.md").read_text()
+    assert "| M1 |" in table and "| M3 |" in table
+    # DPO moved the weights: M2 differs from M1
+    w1, w2 = weights(run_dir / "m1"), weights(run_dir / "iter1/model")
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_rerun_of_a_finished_loop_changes_nothing(micro, uninterrupted):
+    run_dir, _ = uninterrupted
+    before = {rel: (run_dir / rel).read_bytes() for rel in ARTIFACTS}
+    loop.main(loop_args(micro, run_dir))
+    assert {rel: (run_dir / rel).read_bytes() for rel in ARTIFACTS} == before
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_after(monkeypatch, module, name, calls):
+    """Make module.name raise Killed on its `calls`-th call (a kill in the middle of a step)."""
+    original = getattr(module, name)
+    count = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] == calls:
+            raise Killed(f"killed in {name}")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+
+
+def test_killed_during_generation_and_dpo_then_resumed_equals_uninterrupted(micro, uninterrupted, monkeypatch):
+    import generate as generate_cli
+
+    run_a, _ = uninterrupted
+    run_b = micro / "run_b"
+    args = loop_args(micro, run_b)
+    # 1) killed while iteration 1 samples its candidates (call 1 wrote the new prompts)
+    with monkeypatch.context() as m:
+        kill_after(m, generate_cli, "generate", 2)
+        with pytest.raises(Killed):
+            loop.main(args)
+    assert (run_b / "iter1/prompts.jsonl").exists() and not (run_b / "iter1/candidates.jsonl").exists()
+    # 2) killed in the middle of iteration 1's DPO (after one optimizer step)
+    with monkeypatch.context() as m:
+        kill_after(m, torch.optim.AdamW, "step", 2)
+        with pytest.raises(Killed):
+            loop.main(args)
+    assert (run_b / "iter1/pairs.jsonl").exists() and not (run_b / "iter1/model/config.json").exists()
+    # 3) resumed to the end
+    loop.main(args)
+    def content(path):  # rows name the model directory they came from, which differs between the two runs
+        return [{k: v for k, v in row.items() if k != "model"} for row in read_jsonl(path)]
+
+    for rel in ARTIFACTS:
+        assert content(run_b / rel) == content(run_a / rel), rel
+    wa, wb = weights(run_a / "iter2/model"), weights(run_b / "iter2/model")
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=1e-6)
+    ra = json.loads((run_a / "results.json").read_text())
+    rb = json.loads((run_b / "results.json").read_text())
+    assert ra == rb
+
+
+def test_head_to_head_hand_counted():
+    a = [{"prompt": "p1", "grade": 5}, {"prompt": "p2", "grade": 2}, {"prompt": "p3", "grade": 3},
+         {"prompt": "p4", "grade": 0}]
+    b = [{"prompt": "p1", "grade": 3}, {"prompt": "p2", "grade": 2}, {"prompt": "p3", "grade": 4},
+         {"prompt": "p4", "grade": 1}]
+    assert head_to_head(a, b) == {"win": 0.25, "tie": 0.25, "loss": 0.5, "prompts": 4}
+
+
+def test_results_table_layout():
+    table = loop.results_table({"m1": {"instruction_following": {"mean_grade": 2.5, "exact_accuracy": 0.25,
+                                                                  "mean_response_chars": 4.0},
+                                       "reward_modelling": {"pairwise_accuracy": 0.5, "spearman": float("nan")}}})
+    header, rule, row = table.splitlines()
+    assert header.count("|") == rule.count("|") == row.count("|")
+    assert "| M1 | 2.50 | 25.0% |" in row and "| 50.0% |" in row
