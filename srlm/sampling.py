@@ -21,7 +21,8 @@ A padding query sees no real key; an all-False row would make softmax produce Na
 with zero weight a NaN value leaks into real rows (0 * NaN = NaN). Letting every slot see itself
 (the diagonal) keeps padding finite; no real query ever attends to a padding slot. At decode step
 slot s the mask is simply key_valid[:, :s + 1]: everything written so far that is real. Nothing is
-recomputed per step; the step only slices these tensors.
+recomputed per step; the step only slices these tensors. A batch without padding (all prompts of
+one length, e.g. K copies of one prompt) passes no mask at all: the model's causal default is exact.
 
 With these, each row produces what it would produce alone (same tokens under greedy decoding; the
 floating-point sums may differ in the last bits because the batch shapes differ).
@@ -34,6 +35,9 @@ Stopping: a row stops at `eos_id` or when its decoded text contains one of `stop
 ends when every row has stopped or after `max_new_tokens`. On a GPU the `done` flags stay on the
 device and are read back only every `sync_every` steps, so the decode loop does not wait on the
 host at each token; rows that finished in between keep generating a few throw-away tokens.
+`compile=True` runs the decode step through torch.compile (dynamic shapes: the cache view grows by
+one slot per step). CUDA graphs are not used: they need a decode step of fixed shape, i.e. attention
+over the whole preallocated cache under a mask, which srlm/model.py's KV cache does not do today.
 
 Self-check on a tiny random model: `python -m srlm.sampling`.
 """
@@ -97,7 +101,7 @@ def sample_logits(logits: torch.Tensor, temperature: float = 0.0, top_p: float =
 # ----------------------------------------------------------------------------- model steps
 
 
-def prefill(model, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def prefill(model, tokens: torch.Tensor, positions: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
     """Run the padded prompts (B, P) through the model, filling cache slots [0, P).
 
     Returns the logits of the last slot only (B, vocab): prompts are left-padded, so the last slot
@@ -108,7 +112,8 @@ def prefill(model, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Te
     return model.output(hidden[:, -1]).float()  # (B, vocab)
 
 
-def decode_one(model, token: torch.Tensor, slot: int, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def decode_one(model, token: torch.Tensor, slot: int, positions: torch.Tensor,
+               mask: Optional[torch.Tensor]) -> torch.Tensor:
     """Feed one token per row (B, 1) at cache slot `slot`; returns the next-token logits (B, vocab)."""
     return model(token, start_pos=slot, positions=positions, mask=mask)[:, -1]
 
@@ -174,22 +179,26 @@ def generate_batch(model, prompt_tokens: list[list[int]], max_new_tokens: int, *
     n_new = min(max_new_tokens, model.args.max_seq_len - P)
     pad, key_valid, positions, prefill_mask = batch_layout(lengths, P + n_new)
 
-    tokens = torch.zeros(B, P, dtype=torch.long, device=device)  # pad id 0; validity comes from key_valid
+    tokens = torch.zeros(B, P, dtype=torch.long)  # pad id 0; validity comes from key_valid
     for i, ids in enumerate(prompt_tokens):
         tokens[i, P - len(ids):] = torch.tensor(ids, dtype=torch.long)
+    tokens = tokens.to(device)  # one host-to-device copy
+    # Without padding (e.g. K copies of one prompt) the model's own causal mask is exact, and
+    # leaving the mask out lets a GPU use its fastest (flash) attention kernel for the prefill.
+    padded = bool((lengths != P).any())
 
     out = torch.zeros(B, n_new, dtype=torch.long, device=device)  # preallocated: one column per step
     logprobs = torch.zeros(B, n_new, dtype=torch.float32, device=device) if return_logprobs else None
     done = torch.zeros(B, dtype=torch.bool, device=device)
     stop_window = 4 * max((len(s) for s in stop_strings), default=0) + sync_every + 2 if stop_strings else 0
 
-    logits = prefill(model, tokens, positions[:, :P], prefill_mask)  # (B, vocab)
+    logits = prefill(model, tokens, positions[:, :P], prefill_mask if padded else None)  # (B, vocab)
     n_done_steps = 0
     for t in range(n_new):
         if t > 0:
             slot = P + t - 1  # the previous token goes into this cache slot
-            logits = step_fn(model, out[:, t - 1 : t], slot, positions[:, slot : slot + 1],
-                             key_valid[:, None, None, : slot + 1])  # mask (B, 1, 1, slot + 1)
+            mask = key_valid[:, None, None, : slot + 1] if padded else None  # (B, 1, 1, slot + 1)
+            logits = step_fn(model, out[:, t - 1 : t], slot, positions[:, slot : slot + 1], mask)
         token = sample_logits(logits, temperature, top_p, top_k, generator)  # (B,)
         out[:, t] = token
         if logprobs is not None:  # the model's own log-likelihood of the token (before temperature/filters)
