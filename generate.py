@@ -337,6 +337,7 @@ def run_prompts(args, model, tok, rank: int, world_size: int) -> Optional[dict]:
 
 def main(argv: Optional[list[str]] = None) -> Optional[dict]:
     args = parse_args(argv)
+    owns_group = not torch.distributed.is_initialized()  # a caller (srlm/loop.py) may have started it
     rank, world_size, device = dist.init_distributed(args.device)
     try:
         model, tok = load_model_and_tokenizer(args.model, args.tokenizer, device,
@@ -347,7 +348,8 @@ def main(argv: Optional[list[str]] = None) -> Optional[dict]:
             print(json.dumps(summary))
         return summary
     finally:
-        dist.cleanup()
+        if owns_group:
+            dist.cleanup()
 
 
 if __name__ == "__main__":
