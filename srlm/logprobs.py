@@ -10,10 +10,13 @@ and DPO; every real token for pretraining). Prompt tokens and padding are exclud
 mask for every row, so both halves of a DPO pair are treated alike.
 
 The head matmul + log-softmax over a 32k vocabulary is the largest activation of a training step.
-`token_logprobs` picks one implementation for it, in ONE place:
-  - "triton":  kernels/logprobs.py `linear_logprobs` (fused, never materialises the logits), on CUDA;
-  - "chunked": kernels/logprobs.py `linear_logprobs_chunked` (PyTorch, a few rows at a time), on CPU;
-  - "torch":   the plain formula below, the reference the others are tested against.
+`token_logprobs` picks one implementation for it, in ONE place (`resolve_impl`):
+  - "triton":  kernels/logprobs.py `linear_logprobs` (fused, never materialises the logits): the
+               default on CUDA when kernels/ imports;
+  - "torch":   the plain formula below, the reference the others are tested against: the default
+               everywhere else;
+  - "chunked": kernels/logprobs.py `linear_logprobs_chunked` (PyTorch, one vocabulary chunk at a
+               time): on request, to save memory without a GPU.
 
 `LogprobModel` wraps a Llama so the head runs *inside* a module's forward: under FSDP2 the
 output weight is only gathered (unsharded) during the root module's forward and backward.
@@ -46,8 +49,6 @@ def resolve_impl(impl: Optional[str], device: torch.device) -> str:
     if impl is None or impl == "auto":
         if k is not None and device.type == "cuda" and hasattr(k, "linear_logprobs"):
             return "triton"
-        if k is not None and hasattr(k, "linear_logprobs_chunked"):
-            return "chunked"
         return "torch"
     if impl not in ("torch", "chunked", "triton"):
         raise ValueError(f"logprob impl must be 'auto', 'torch', 'chunked' or 'triton', got {impl!r}")

@@ -562,7 +562,8 @@ def train(cfg: TrainConfig) -> dict:
             append_jsonl(metrics_path, [last])
             shown = {"loss": f"{last['loss']:.4f}", "lr": f"{lr:.2e}"}
             if cfg.stage == "dpo":
-                shown.update({"acc": f"{last['rewards/accuracies']:.2f}", "margin": f"{last['rewards/margins']:.3f}"})
+                shown.update({k: f"{last[k]:.3f}" for k in ("rewards/accuracies", "rewards/margins",
+                                                              "rewards/chosen", "rewards/rejected")})
             bar.set_postfix(shown)
         bar.update(1)
 

@@ -100,7 +100,10 @@ def test_logprob_model_wrapper(model):
 
 def test_resolve_impl():
     assert resolve_impl("torch", torch.device("cpu")) == "torch"
-    assert resolve_impl(None, torch.device("cpu")) in ("torch", "chunked")  # never Triton on a CPU tensor
+    assert resolve_impl(None, torch.device("cpu")) == "torch"  # the plain path off the GPU
+    assert resolve_impl("auto", torch.device("cpu")) == "torch"
+    if torch.cuda.is_available():  # the fused kernel is the GPU default
+        assert resolve_impl(None, torch.device("cuda")) == "triton"
     with pytest.raises(ValueError, match="impl"):
         resolve_impl("fast", torch.device("cpu"))
 
