@@ -14,7 +14,8 @@ Two small variants:
   - IPO (Azar et al., 2023): a squared loss that does not saturate,
         loss = (logits - 1 / (2 * beta))^2.
 
-Sequence log-probs are sums over the response tokens (srlm/logprobs.py).
+Sequence log-probs are sums over the response tokens (srlm/logprobs.py), for IPO too (some
+implementations average them over the answer's length for IPO; pass averages to get that).
 Tests: `python -m pytest -q tests/test_dpo.py`.
 """
 from __future__ import annotations
