@@ -107,7 +107,7 @@ def run(a) -> dict:
 
     # ---- M1: SFT on IFT + EFT ----
     m1 = run_dir / "m1"
-    step("SFT (M0 -> M1)", m1 / "config.json", lambda: train.main([
+    step("SFT (M0 -> M1)", m1 / "metrics.jsonl", lambda: train.main([
         "--stage", "sft", "--init", str(a.base_model), "--data", str(a.ift), str(a.eft), "--out", str(m1),
         "--lr", str(s["sft_lr"]), "--min-lr", str(s["sft_min_lr"]), "--epochs", str(s["sft_epochs"]),
         "--batch-size", str(s["sft_batch_size"]), "--dropout", str(s["sft_dropout"]), *common]))
@@ -149,7 +149,7 @@ def run(a) -> dict:
         if n_pairs == 0:
             log(f"iteration {t}: no preference pairs were built; stopping the loop here")
             break
-        step(f"iteration {t}: DPO (M{t} -> M{t + 1})", next_model / "config.json", lambda: train.main([
+        step(f"iteration {t}: DPO (M{t} -> M{t + 1})", next_model / "metrics.jsonl", lambda: train.main([
             "--stage", "dpo", "--init", str(current), "--data", str(pairs), "--out", str(next_model),
             "--lr", str(s["dpo_lr"]), "--min-lr", str(s["dpo_min_lr"]), "--epochs", str(s["dpo_epochs"]),
             "--batch-size", str(s["dpo_batch_size"]), "--beta", str(s["beta"]), "--dropout", "0.0",
