@@ -298,7 +298,8 @@ def linear_logprobs(hidden, weight, targets, ignore_index=-100, chunk_elems=DEFA
     hidden (N, dim) and weight (vocab, dim) share a dtype (fp16, bf16 or fp32); targets (N,)
     are token ids, ignore_index marks positions that get 0 and no gradient. Differentiable in
     hidden and weight. Needs CUDA tensors (or TRITON_INTERPRET=1); see linear_logprobs_chunked
-    for a plain PyTorch version that runs anywhere.
+    for a plain PyTorch version that runs anywhere. chunk_elems bounds the (N x chunk) buffer
+    the backward pass works in (smaller: less memory, more, smaller matmuls).
     """
     _check_inputs(hidden, weight, targets, ignore_index)
     if hidden.device.type != "cuda" and not INTERPRET:
