@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from srlm.world import (FAMILIES, FAMILY_NAMES, Task, candidates, criteria, grade, grade_prompt,
+from srlm.world import (FAMILIES, FAMILY_NAMES, candidates, criteria, grade, grade_prompt,
                         is_exact, judgement_text, make_task, parse_task, response_of_quality,
                         responses_of_each_quality, sample_task)
 
