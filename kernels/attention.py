@@ -33,7 +33,7 @@ Details worth knowing when reading the kernels:
     so there the tiles are upcast to fp32 first.
 
 `attention_reference` below is the same maths in plain PyTorch, for tests and for reading.
-Tests: python -m pytest -q tests/kernels/test_attention.py
+Tests: python -m pytest -q tests/kernels/test_flash_attention.py
 Speed: python kernels/bench.py --only attention   (needs a CUDA GPU)
 """
 import math
