@@ -58,7 +58,7 @@ SETTINGS = {
                   eval_max_new_tokens=512),
     "tiny": dict(num_prompts=96, n_candidates=4, n_judgements=3, judge_template="compact",
                  prompt_temperature=0.6, response_temperature=0.7, judge_temperature=0.7, top_p=0.9,
-                 max_new_tokens=24, judge_max_new_tokens=48, prompt_max_new_tokens=32,
+                 max_new_tokens=24, judge_max_new_tokens=64, prompt_max_new_tokens=32,
                  sft_lr=3e-3, sft_min_lr=3e-4, sft_epochs=2, sft_batch_size=16, sft_dropout=0.1,
                  dpo_lr=3e-5, dpo_min_lr=3e-6, dpo_epochs=2, dpo_batch_size=16, beta=0.1,
                  eval_max_new_tokens=24),
