@@ -1,6 +1,6 @@
 """Tests for kernels/attention.py: the Triton flash attention against a plain PyTorch reference.
 
-    python -m pytest -q tests/kernels/test_attention.py
+    python -m pytest -q tests/kernels/test_flash_attention.py
 
 On CPU the kernels run under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1),
 so shapes are tiny and dtypes are fp32/fp16. The GPU tests (skipped without CUDA) use bf16/fp16

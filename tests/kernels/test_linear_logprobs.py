@@ -1,6 +1,6 @@
 """Tests for kernels/logprobs.py: fused linear log-probs against the full-logits reference.
 
-    python -m pytest -q tests/kernels/test_logprobs.py
+    python -m pytest -q tests/kernels/test_linear_logprobs.py
 
 On CPU the Triton kernels run under the interpreter (tests/conftest.py sets TRITON_INTERPRET=1),
 so shapes are tiny. `chunk_elems` is set small so the vocabulary is split into several chunks,
