@@ -28,6 +28,7 @@ from typing import Iterator, Optional
 
 import torch
 
+from srlm.io import replace_dir
 from srlm.model import Llama, ModelArgs
 
 
@@ -235,6 +236,13 @@ def args_from_meta_params(params: dict, source: Path, vocab_size: int) -> ModelA
 
 
 # ---- loading ----
+def _read_json(file: Path) -> dict:
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{file}: malformed JSON ({e})") from None
+
+
 def load_model(path, dtype: torch.dtype = torch.float32, device="cpu", **arg_overrides) -> Llama:
     """Load an HF or Meta Llama directory into a Llama, one tensor at a time."""
     path = Path(path)
@@ -242,19 +250,13 @@ def load_model(path, dtype: torch.dtype = torch.float32, device="cpu", **arg_ove
         raise CheckpointError(f"{path}: checkpoint directory not found")
     if (path / "config.json").is_file():
         config_file = path / "config.json"
-        try:
-            config = json.loads(config_file.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{config_file}: malformed JSON ({e})") from None
+        config = _read_json(config_file)
         args = args_from_hf_config(config, config_file)
         tensors = _read_hf(path, args)
         tie = config.get("tie_word_embeddings", False)
     elif (path / "params.json").is_file():
         config_file = path / "params.json"
-        try:
-            params = json.loads(config_file.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{config_file}: malformed JSON ({e})") from None
+        params = _read_json(config_file)
         tensors = _read_meta(path)
         first = next(tensors, None)
         if first is None:
@@ -349,9 +351,4 @@ def save_hf(state_dict: dict, args: ModelArgs, path, tokenizer_path=None, dtype:
     (tmp / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}, indent=2))
     if tokenizer_path is not None and Path(tokenizer_path).is_file():
         shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
-    old = path.parent / f".{path.name}.old-{os.getpid()}"
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old.exists():
-        shutil.rmtree(old)
+    replace_dir(tmp, path)

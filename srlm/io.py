@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -64,6 +65,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def replace_dir(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Swap a fully written folder `tmp` into place at `path`, replacing any old one.
+
+    The old folder is renamed aside first and deleted only after the new one is in place, so an
+    interruption leaves either the old or the new folder (under its own or the aside name), never a mix.
+    """
+    tmp, path = Path(tmp), Path(path)
+    old = path.parent / f".{path.name}.old-{os.getpid()}"
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:

@@ -32,7 +32,6 @@ the command at any point and running it again loses nothing already finished.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -50,7 +50,7 @@ from tqdm import tqdm
 from srlm import dist as sdist
 from srlm.data import batch_indices, collate, collate_pairs, load_rows, tokenize
 from srlm.dpo import dpo_loss
-from srlm.io import DataError, append_jsonl, read_jsonl_partial, write_jsonl
+from srlm.io import DataError, append_jsonl, read_jsonl_partial, replace_dir, write_jsonl
 from srlm.logprobs import LogprobModel, unwrap_state_dict
 from srlm.model import Llama, ModelArgs
 from srlm.tokenizer import Tokenizer
@@ -273,12 +273,7 @@ def save_training_state(ckpt_dir: Path, wrapped: LogprobModel, optimizer, step: 
         torch.save(optim_state, tmp / "optimizer.pt")
         torch.save({"step": step, "rng": rngs, "world_size": len(rngs), "config": json.dumps(asdict(cfg))},
                    tmp / "trainer.pt")
-        old = ckpt_dir.parent / f".{ckpt_dir.name}.old-{os.getpid()}"
-        if ckpt_dir.exists():
-            os.replace(ckpt_dir, old)
-        os.replace(tmp, ckpt_dir)
-        if old.exists():
-            shutil.rmtree(old)
+        replace_dir(tmp, ckpt_dir)
     sdist.barrier()
 
 
