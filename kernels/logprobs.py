@@ -36,7 +36,6 @@ Three versions, to compare line by line:
 Tests: python -m pytest -q tests/kernels/test_linear_logprobs.py
 Speed and memory: python kernels/bench.py --only logprobs
 """
-import math
 import os
 
 import torch

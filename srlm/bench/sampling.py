@@ -18,7 +18,6 @@ appended as JSON lines to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
