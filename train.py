@@ -53,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--dtype", choices=["fp32", "bf16"], help="compute dtype (default: bf16 on CUDA, fp32 on CPU)")
     r.add_argument("--save-dtype", choices=["fp32", "bf16"], help="dtype of the final checkpoint (default fp32)")
     r.add_argument("--activation-checkpointing", action="store_true", help="recompute blocks in backward")
+    r.add_argument("--reduce-every-micro-batch", action="store_true",
+                   help="torchrun: reduce-scatter gradients after every micro-batch, not once per step "
+                        "(keeps gradients sharded: less memory, more communication; for models like 70B)")
     r.add_argument("--attn-impl", choices=["torch", "sdpa", "triton"])
     r.add_argument("--logprob-impl", choices=["auto", "torch", "chunked", "triton"],
                    help="head log-prob implementation (default auto: Triton on CUDA when available)")
@@ -71,7 +74,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         batch_size=a.batch_size, micro_batch_size=a.micro_batch_size, max_seq_len=a.max_seq_len, beta=a.beta,
         label_smoothing=a.label_smoothing, loss=a.loss, dropout=a.dropout, weight_decay=a.weight_decay,
         grad_clip=a.grad_clip, save_every=a.save_every, seed=a.seed, device=a.device, dtype=a.dtype,
-        save_dtype=a.save_dtype, activation_checkpointing=a.activation_checkpointing, attn_impl=a.attn_impl,
+        save_dtype=a.save_dtype, activation_checkpointing=a.activation_checkpointing,
+        reduce_every_micro_batch=a.reduce_every_micro_batch, attn_impl=a.attn_impl,
         logprob_impl=a.logprob_impl, resume=a.resume, stop_after_steps=a.stop_after_steps,
         progress=not a.no_progress)
 

@@ -6,6 +6,7 @@ single process and nothing here touches torch.distributed. Backends: nccl on GPU
     rank, world_size, device = init_distributed()
     mine = shard(items, rank, world_size)          # every world_size-th item, from `rank`
     everything = gather_objects(results_of_mine)   # rank 0: list per rank; others: None
+    same = broadcast_object(value_on_rank0)        # rank 0's value on every rank
 """
 from __future__ import annotations
 
@@ -62,6 +63,18 @@ def gather_objects(obj):
     out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(obj, out, dst=0)
     return out
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank (whatever the others pass is ignored). Single process: `obj`.
+
+    Pickled between our own processes only (never read from a file), like gather_objects.
+    """
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier() -> None:

@@ -52,7 +52,7 @@ from srlm.data import batch_indices, collate, collate_pairs, load_rows, tokenize
 from srlm.dpo import dpo_loss
 from srlm.io import DataError, append_jsonl, read_jsonl_partial, replace_dir, write_jsonl
 from srlm.logprobs import LogprobModel, unwrap_state_dict
-from srlm.model import Llama, ModelArgs
+from srlm.model import Llama, ModelArgs, precompute_freqs_cis
 from srlm.tokenizer import Tokenizer
 
 # The paper's schedules (SFT 5.5e-6 -> 1.1e-6, DPO 1e-6 -> 1e-7); pretraining is ours.
@@ -97,6 +97,7 @@ class TrainConfig:
     dtype: Optional[str] = None  # compute dtype: fp32 | bf16 (default: bf16 on CUDA, fp32 on CPU)
     save_dtype: Optional[str] = None  # dtype of the final checkpoint (default: fp32)
     activation_checkpointing: bool = False
+    reduce_every_micro_batch: bool = False  # FSDP: reduce-scatter gradients after every micro-batch (see step_losses)
     attn_impl: Optional[str] = None
     logprob_impl: Optional[str] = None  # auto | torch | chunked | triton (srlm/logprobs.py)
     resume: bool = True
@@ -236,6 +237,39 @@ def shard_model(wrapped: LogprobModel, device: torch.device, world_size: int, dt
     for block in wrapped.model.layers:
         fully_shard(block, mesh=mesh, mp_policy=mp)
     fully_shard(wrapped, mesh=mesh, mp_policy=mp)
+
+
+def build_sharded_model(cfg: TrainConfig, tokenizer: Tokenizer, source: Optional[Path], device: torch.device,
+                        world_size: int, dtype: torch.dtype) -> LogprobModel:
+    """Under torchrun: the FSDP2-sharded model, without ever putting the full model on a device.
+
+    1. Rank 0 alone builds the full fp32 model on the CPU, exactly as one process would
+       (build_model: read from `source`, or fresh weights from the seed), so N processes start
+       from the very same weights as one. The others only learn its ModelArgs.
+    2. Every rank builds the same architecture on the `meta` device (shapes, no memory), shards
+       it with fully_shard, and allocates just its own shards on `device` with to_empty.
+    3. set_model_state_dict(broadcast_from_rank0=True) sends rank 0's tensors one at a time; each
+       rank copies its slice into its shards. Peak device memory: the shards plus one full tensor.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    full = build_model(cfg, tokenizer, source) if sdist.is_main() else None
+    args = ModelArgs(**sdist.broadcast_object(full.args.to_dict() if full is not None else None))
+    with torch.device("meta"):
+        model = Llama(args)
+    if cfg.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    wrapped = LogprobModel(model, impl=cfg.logprob_impl)
+    shard_model(wrapped, device, world_size, dtype)
+    wrapped.to_empty(device=device)  # this rank's shards, uninitialised until the next line fills them
+    state = {f"model.{k}": v for k, v in full.state_dict().items()} if full is not None else {}
+    set_model_state_dict(wrapped, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    del full, state
+    # The rotary table is a plain attribute, neither parameter nor buffer, so to_empty skipped it
+    # (and it has no place in a state dict). Recompute it on the target device to be sure it holds
+    # real values, never meta or uninitialised memory.
+    model.freqs_cis = precompute_freqs_cis(args.head_dim, args.max_seq_len, args.rope_theta).to(device)
+    return wrapped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,14 +429,24 @@ def step_losses(wrapped, cfg: TrainConfig, examples: list[dict], global_idx: lis
     The loss is normalised over the whole global batch (target tokens for pretrain/SFT, pairs for
     DPO), then scaled by world_size because FSDP averages the gradients of the ranks: the result is
     the gradient of the global mean loss. Metrics stay on the device (no sync per micro-batch).
+
+    Gradient accumulation under FSDP2: the micro-batches before the last one keep their gradients
+    unsharded and local (set_requires_gradient_sync(False)); the last backward reduce-scatters the
+    sum once per step instead of once per micro-batch. The price is memory: a full-size fp32
+    gradient of the whole model on every rank while a step runs, fine for 7B, too much for 70B;
+    cfg.reduce_every_micro_batch (--reduce-every-micro-batch) keeps gradients sharded instead.
+    Every rank has the same number of micro-batches (batch_size is a multiple of world_size).
     """
     mine = [examples[i] for i in sdist.shard(global_idx, rank, world)]
+    batches = micro_batches(mine, cfg.micro_batch_size)
+    last = len(batches) - 1
     scale = world if dist.is_initialized() else 1
     zero = torch.zeros((), dtype=torch.float64, device=device)
     sums = {"loss": zero.clone(), "tokens": zero.clone()}
     if cfg.stage != "dpo":
         total_targets = max(1, sum(sum(examples[i]["loss_mask"][1:]) for i in global_idx))
-        for mb in micro_batches(mine, cfg.micro_batch_size):
+        for i, mb in enumerate(batches):
+            set_grad_sync(wrapped, i == last or cfg.reduce_every_micro_batch)
             tokens, loss_mask = collate([e["tokens"] for e in mb], [e["loss_mask"] for e in mb], pad_id)
             with autocast():
                 logps = wrapped(tokens.to(device), loss_mask.to(device))  # (B,) summed over target tokens
@@ -414,7 +458,8 @@ def step_losses(wrapped, cfg: TrainConfig, examples: list[dict], global_idx: lis
 
     sums.update({key: zero.clone() for key in DPO_METRICS})
     n_pairs = len(global_idx)
-    for mb in micro_batches(mine, cfg.micro_batch_size):
+    for i, mb in enumerate(batches):
+        set_grad_sync(wrapped, i == last or cfg.reduce_every_micro_batch)
         chosen, rejected = pair_logps(wrapped, mb, pad_id, device, autocast)  # (B,) each
         ref_chosen = torch.tensor([e["ref_chosen_logps"] for e in mb], dtype=torch.float32, device=device)
         ref_rejected = torch.tensor([e["ref_rejected_logps"] for e in mb], dtype=torch.float32, device=device)
@@ -431,6 +476,14 @@ def step_losses(wrapped, cfg: TrainConfig, examples: list[dict], global_idx: lis
         sums["logps/chosen"] += chosen.detach().sum() / n_pairs
         sums["logps/rejected"] += rejected.detach().sum() / n_pairs
     return sums
+
+
+def set_grad_sync(wrapped: nn.Module, sync: bool) -> None:
+    """FSDP2: whether the next backward reduce-scatters its gradients across ranks (one process: no-op)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(wrapped, FSDPModule):
+        wrapped.set_requires_gradient_sync(sync)  # recurses into every sharded block
 
 
 def grad_norm_and_clip(params: list, max_norm: float) -> float:
@@ -479,7 +532,14 @@ def train(cfg: TrainConfig) -> dict:
         shutil.rmtree(work)
     sdist.barrier()
     source = ckpt_dir / "model" if resuming else (Path(cfg.init) if cfg.init else None)
-    model = build_model(cfg, tokenizer, source)
+    if world > 1:  # meta device + FSDP2 shards, filled from rank 0's full model
+        wrapped = build_sharded_model(cfg, tokenizer, source, device, world, dtype)
+        model = wrapped.model
+    else:
+        model = build_model(cfg, tokenizer, source)
+        if cfg.activation_checkpointing:
+            enable_activation_checkpointing(model)
+        wrapped = LogprobModel(model.to(device), impl=cfg.logprob_impl)
     if tokenizer.vocab_size > model.args.vocab_size:
         raise DataError(f"{tokenizer.path}: {tokenizer.vocab_size} pieces, but the model has only "
                         f"vocab_size={model.args.vocab_size}")
@@ -490,12 +550,6 @@ def train(cfg: TrainConfig) -> dict:
     examples, cut = tokenize(rows, cfg.stage, tokenizer, max_len)
     _log(f"{cfg.stage}: {len(rows)} rows -> {len(examples)} examples from {', '.join(cfg.data)}; "
          f"max_len {max_len}: {cut}")
-    if cfg.activation_checkpointing:
-        enable_activation_checkpointing(model)
-
-    wrapped = LogprobModel(model.to(device), impl=cfg.logprob_impl)
-    if world > 1:
-        shard_model(wrapped, device, world, dtype)
     work.mkdir(parents=True, exist_ok=True)
 
     if cfg.stage == "dpo":

@@ -1,7 +1,7 @@
 """train.py / srlm/trainer.py end to end on a tiny model: SFT, DPO, resume, torchrun parity, bad input.
 
 Run: python -m pytest -q tests/test_train.py
-(The torchrun test starts two CPU processes with the gloo backend; about 20 s on 2 cores.)
+(The torchrun tests start two CPU processes with the gloo backend; about 10 s each on 2 cores.)
 """
 import json
 import os
@@ -133,25 +133,93 @@ def test_dpo_raises_accuracy_and_margins(setup):
     assert all(m > 0 for m in margins)
 
 
-def torchrun(args, tmp):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+def torchrun(args, tmp, script=ROOT / "train.py", env=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           str(ROOT / "train.py"), *args]
+           str(script), *args]
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 @pytest.mark.parametrize("stage", ["sft", "dpo"])
 def test_torchrun_two_processes_match_one(setup, stage):
-    """One optimizer step with FSDP2 over 2 gloo processes == the same step in one process."""
+    """One optimizer step with FSDP2 over 2 gloo processes == the same step in one process.
+
+    The 2-process run builds the model on the meta device, shards it and fills the shards from
+    rank 0's copy of --init. SFT: one micro-batch per rank; DPO: two (gradient accumulation,
+    reduce-scatter only in the second backward).
+    """
     one, two = setup / f"{stage}_one", setup / f"{stage}_two"
-    args = ["--max-steps", "1", "--dropout", "0"]
+    args = ["--max-steps", "1", "--dropout", "0", *(["--micro-batch-size", "1"] if stage == "dpo" else [])]
     s1 = train.main(common(setup, stage, one, *args))
     torchrun(common(setup, stage, two, *args), setup)
     s2 = read_jsonl(two / "metrics.jsonl")[-1]
     assert s2["loss"] == pytest.approx(s1["loss"], rel=1e-5)
     if stage == "dpo":
         assert s2["rewards/margins"] == pytest.approx(s1["rewards/margins"], abs=1e-6)
+    assert_same_weights(one, two, atol=1e-5)
+
+
+# Runs train.py under torchrun with spies on: who builds the full model, when gradient sync is
+# switched, and whether reduced (sharded) gradients already exist when a micro-batch starts.
+SPY = """
+import json, os, sys
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
+import train
+from srlm import dist, trainer
+from srlm.logprobs import LogprobModel
+
+events = []
+real_sync, real_forward, real_build = FSDPModule.set_requires_gradient_sync, LogprobModel.forward, trainer.build_model
+
+def sync(self, flag, **kw):
+    events.append(f"sync {flag}")
+    return real_sync(self, flag, **kw)
+
+def forward(self, tokens, loss_mask):
+    # The blocks are still sharded here; their sharded .grad exists only after a reduce-scatter.
+    reduced = any(isinstance(p, DTensor) and p.grad is not None for p in self.parameters())
+    events.append("forward after a reduce-scatter" if reduced else "forward")
+    return real_forward(self, tokens, loss_mask)
+
+def build(*a, **k):
+    events.append("full model built")
+    return real_build(*a, **k)
+
+FSDPModule.set_requires_gradient_sync, LogprobModel.forward, trainer.build_model = sync, forward, build
+train.main(sys.argv[1:])
+dist.cleanup()
+with open(os.environ["SPY_LOG"] + "." + os.environ["RANK"], "w") as f:
+    json.dump(events, f)
+"""
+
+
+@pytest.mark.parametrize("reduce_every", [False, True])
+def test_torchrun_fresh_weights_and_gradient_accumulation(setup, tmp_path, reduce_every):
+    """--model-config (fresh weights), 2 micro-batches per rank and step, 2 steps: 2 processes == 1.
+
+    Rank 0 alone initialises the full model (then broadcast into the meta-built shards). By default
+    the first micro-batch's backward of each step must not reduce-scatter (no sharded grads exist
+    when the second micro-batch starts) and the second must, or the weights would not match;
+    with --reduce-every-micro-batch both do.
+    """
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["--stage", "sft", "--model-config", "tiny", "--tokenizer", str(setup / "m0" / "tokenizer.model"),
+            "--data", str(setup / "sft.jsonl"), "--lr", "1e-3", "--min-lr", "1e-4", "--warmup-steps", "0",
+            "--batch-size", "4", "--micro-batch-size", "1", "--max-steps", "2", "--dropout", "0",
+            "--seed", "3", "--device", "cpu", "--no-progress",
+            *(["--reduce-every-micro-batch"] if reduce_every else [])]
+    s1 = train.main([*args, "--out", str(one)])
+    script = tmp_path / "spy_train.py"
+    script.write_text(SPY)
+    torchrun([*args, "--out", str(two)], tmp_path, script=script, env={"SPY_LOG": str(tmp_path / "events")})
+    per_step = (["sync True", "forward", "sync True", "forward after a reduce-scatter"] if reduce_every
+                else ["sync False", "forward", "sync True", "forward"])
+    assert json.loads((tmp_path / "events.0").read_text()) == ["full model built", *per_step, *per_step]
+    assert json.loads((tmp_path / "events.1").read_text()) == [*per_step, *per_step]
+    losses = lambda d: [r["loss"] for r in read_jsonl(d / "metrics.jsonl") if not r.get("summary")]
+    assert losses(two) == pytest.approx(losses(one), rel=1e-5) and s1["steps"] == 2
     assert_same_weights(one, two, atol=1e-5)
 
 
