@@ -13,8 +13,11 @@ One step, whatever the stage:
   4. gradients are clipped, AdamW steps, metrics are reduced over ranks and logged.
 
 Distributed: under torchrun every transformer block is sharded with FSDP2 `fully_shard`, then
-the root (the LogprobModel wrapper, which owns the embeddings, final norm and output head). FSDP
-averages gradients over ranks; each rank's loss is multiplied by world_size to undo that.
+the root (the LogprobModel wrapper, which owns the embeddings, final norm and output head). The
+model is built on the meta device and only each rank's shards are allocated, filled from the one
+full CPU copy that rank 0 reads or initialises (build_sharded_model). FSDP averages gradients over
+ranks; each rank's loss is multiplied by world_size to undo that. With several micro-batches per
+step, gradients are reduce-scattered once, in the last backward (step_losses).
 On GPU, bf16 mixed precision keeps fp32 master weights (FSDP MixedPrecisionPolicy, or autocast
 for a single process). One process never touches torch.distributed.
 
