@@ -164,6 +164,8 @@ def attention(q, k, v, mask: Optional[torch.Tensor], impl: str, dropout_p: float
         probs = F.dropout(F.softmax(scores, dim=-1), p=dropout_p)
         return (probs @ v.float()).type_as(q)
     # "sdpa", and "triton" where the kernel does not apply (an explicit mask, dropout): PyTorch's fused attention.
+    if T == 1 and dropout_p == 0.0:
+        return decode_attention(q, k, v, mask)
     # enable_gqa: each K/V head serves its group of query heads inside the kernel, with no (B, H, S, hd)
     # copy of the keys and values (that copy of the whole KV cache dominated a decode step).
     gqa = n_rep > 1
@@ -172,6 +174,22 @@ def attention(q, k, v, mask: Optional[torch.Tensor], impl: str, dropout_p: float
     if mask is None:
         mask = causal_mask(T, S, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
+
+
+def decode_attention(q, k, v, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Attention of ONE new query per row (a decode step) over the keys/values cached so far.
+
+    q: (B, n_heads, 1, hd); k, v: (B, n_kv_heads, S, hd); mask: bool (B or 1, 1, 1, S) or None.
+    With a single query there is nothing in the future to hide: the causal mask is all True and is
+    left out (a padded batch still passes which cached slots are real). Grouped-query attention
+    becomes plain attention by viewing the n_rep query heads that share a K/V head as n_rep queries
+    of that head, (B, n_kv_heads, n_rep, hd): no copy of K/V and no GQA bookkeeping in the kernel
+    (on CPU ~1.3x faster than enable_gqa at the tiny preset's 16-wide heads).
+    """
+    B, H, _, hd = q.shape
+    n_kv = k.shape[1]
+    out = F.scaled_dot_product_attention(q.reshape(B, n_kv, H // n_kv, hd), k, v, attn_mask=mask)
+    return out.reshape(B, H, 1, hd)
 
 
 def _triton_interpreter() -> bool:
@@ -288,7 +306,8 @@ class Llama(nn.Module):
         """
         B, T = tokens.shape
         if self.freqs_cis.device != tokens.device:
-            self.freqs_cis = self.freqs_cis.to(tokens.device)
+            with torch.inference_mode(False):  # kept for training even if first moved while sampling
+                self.freqs_cis = self.freqs_cis.to(tokens.device)
         if positions is None:
             if start_pos + T > self.args.max_seq_len:
                 raise ValueError(f"sequence of {start_pos + T} tokens exceeds max_seq_len={self.args.max_seq_len}")

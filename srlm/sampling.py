@@ -89,7 +89,9 @@ def sample_logits(logits: torch.Tensor, temperature: float = 0.0, top_p: float =
     op with no host sync, and it takes the seeded generator.
     """
     if temperature == 0.0:
-        return logits.argmax(dim=-1)
+        # max(...).indices is argmax (the first maximal index on ties, as argmax), but on CPU
+        # torch's multi-row argmax kernel is ~3x slower than max's; at vocab 32k it cost ~1 ms a step.
+        return logits.max(dim=-1).indices
     logits = logits.float() / temperature
     logits = top_k_filter(logits, top_k)
     logits = top_p_filter(logits, top_p)
@@ -163,7 +165,7 @@ def _find_stop(tokenizer, ids: list[int], stop_strings: Sequence[str]) -> Option
 # ----------------------------------------------------------------------------- one batch
 
 
-@torch.no_grad()
+@torch.inference_mode()  # like no_grad, and also skips autograd's version counters: ~10% less per-op cost
 def generate_batch(model, prompt_tokens: list[list[int]], max_new_tokens: int, *, temperature: float,
                    top_p: float, top_k: int, eos_id: Optional[int], generator: torch.Generator,
                    stop_strings: Optional[Sequence[str]], tokenizer, return_logprobs: bool,

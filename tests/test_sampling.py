@@ -78,6 +78,17 @@ def test_temperature_zero_is_argmax():
     assert torch.equal(sample_logits(logits, 0.0, top_p=0.1, top_k=3), logits.argmax(-1))
 
 
+def test_greedy_ties_pick_the_first_index_like_argmax():
+    """Greedy uses max(...).indices (faster on CPU); on ties it must agree with argmax: the first index."""
+    logits = torch.zeros(3, 600)
+    logits[:, [5, 70, 599]] = 1.0
+    logits[1, 5] = 0.0
+    logits[2] = 0.0  # all tied
+    assert sample_logits(logits, 0.0).tolist() == [5, 70, 0] == logits.argmax(-1).tolist()
+    ints = torch.randint(0, 3, (64, 512), generator=torch.Generator().manual_seed(0)).float()  # many ties
+    assert torch.equal(sample_logits(ints, 0.0), ints.argmax(-1))
+
+
 def _frequencies(logits, n, **kw):
     rows = logits[None].expand(n, -1).contiguous()
     draws = sample_logits(rows, generator=torch.Generator().manual_seed(0), **kw)
@@ -118,6 +129,26 @@ def test_batch_layout_hand_example():
 
 
 # ----------------------------------------------------------------------------- the decoder
+
+
+def test_decode_attention_equals_repeated_heads_under_a_padding_mask():
+    """One query per row (a decode step), 4 query heads sharing 2 K/V heads, row 1 with two padding
+    slots hidden by the mask: equals softmax(q k^T / sqrt(d)) v with K/V repeated per query head."""
+    import math
+
+    from srlm.model import attention, decode_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, h, t, 8, generator=g) for h, t in ((4, 1), (2, 7), (2, 7)))
+    mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    mask[1, ..., :2] = False
+    k_rep, v_rep = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)  # (2, 4, 7, 8)
+    scores = (q @ k_rep.transpose(-2, -1) / math.sqrt(8)).masked_fill(~mask, NEG_INF)
+    expected = torch.softmax(scores, -1) @ v_rep
+    torch.testing.assert_close(decode_attention(q, k, v, mask), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attention(q, k, v, mask, "sdpa"), expected, atol=1e-5, rtol=1e-5)
+    no_mask = torch.softmax(q @ k_rep.transpose(-2, -1) / math.sqrt(8), -1) @ v_rep
+    torch.testing.assert_close(decode_attention(q, k, v, None), no_mask, atol=1e-5, rtol=1e-5)
 
 
 def test_cached_greedy_equals_full_recompute(model):
@@ -199,6 +230,8 @@ def test_training_mode_and_cache_are_restored():
     assert a == generate(m, PROMPTS, 6, eos_id=None)
     assert m.training
     assert all(layer.attention.cache is None for layer in m.layers)
+    m(torch.tensor([PROMPTS[0]])).sum().backward()  # sampling runs under inference_mode; training still works
+    assert all(p.grad is not None for p in m.parameters())
 
 
 def test_stop_strings():
