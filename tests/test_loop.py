@@ -158,3 +158,15 @@ def test_results_table_layout():
     header, rule, row = table.splitlines()
     assert header.count("|") == rule.count("|") == row.count("|")
     assert "| M1 | 2.50 | 25.0% |" in row and "| 50.0% |" in row
+
+
+def test_pairs_vs_grader_hand_counted():
+    """World grader: "8" is exact (5), "I think it is 8." states it with extra words (4),
+    "7" is a wrong answer of the right kind (2); a prompt no template matches is ungraded."""
+    q = "What is 3 + 5?"
+    pairs = [{"prompt": q, "chosen": "8", "rejected": "7"},                  # 5 > 2: agree
+             {"prompt": q, "chosen": "7", "rejected": "8"},                  # 2 < 5: disagree
+             {"prompt": q, "chosen": "6", "rejected": "7"},                  # 2 = 2: tie
+             {"prompt": q, "chosen": "8", "rejected": "I think it is 8."},    # 5 > 4: agree
+             {"prompt": "Tell me a joke.", "chosen": "a", "rejected": "b"}]  # no task: ungraded
+    assert loop.pairs_vs_grader(pairs) == {"agree": 2, "tie": 1, "disagree": 1, "ungraded": 1}
