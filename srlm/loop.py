@@ -4,7 +4,8 @@ This driver only sequences the steps; each step is the same code its CLI runs:
 
     M1 = train.py --stage sft  on IFT + EFT, from M0
     for t in 1..iterations:                        (current model M_t)
-        prompts.jsonl     = generate.py --task prompts      (self-instruction, few-shot from the seed)
+        prompts.jsonl     = generate.py --task prompts      (self-instruction, few-shot from the seed;
+                                                             written by M_t, or a fixed model: --prompt-model)
         candidates.jsonl  = generate.py --task responses    (N answers per prompt)
         judgements.jsonl,
         pairs.jsonl       = judge.py                        (K judgements per answer -> AIFT pairs)
@@ -47,20 +48,23 @@ DATA = ROOT / "data"
 
 # Two sets of defaults. "paper": the paper's hyperparameters, for a real Llama-2 checkpoint.
 # "tiny": the built-in world's 1-2M-parameter model on a CPU; it needs far larger learning rates
-# and fewer, shorter samples to learn anything within minutes.
+# and fewer, shorter samples to learn anything within minutes. Its prompts come from templates
+# ("Reverse the word X."), so two prompts of one task family share most words: ROUGE-L 0.75-0.9
+# apart from the argument. Self-Instruct's 0.7 would reject whole families as near-duplicates;
+# 0.9 rejects only repeats of the same question.
 SETTINGS = {
     "paper": dict(num_prompts=1000, n_candidates=4, n_judgements=3, judge_template="default",
                   prompt_temperature=0.6, response_temperature=0.7, judge_temperature=0.7, top_p=0.9,
                   max_new_tokens=512, judge_max_new_tokens=256, prompt_max_new_tokens=128,
                   sft_lr=5.5e-6, sft_min_lr=1.1e-6, sft_epochs=1, sft_batch_size=16, sft_dropout=0.1,
                   dpo_lr=1e-6, dpo_min_lr=1e-7, dpo_epochs=1, dpo_batch_size=16, beta=0.1,
-                  eval_max_new_tokens=512),
+                  eval_max_new_tokens=512, prompt_model="current", similarity_threshold=0.7),
     "tiny": dict(num_prompts=96, n_candidates=4, n_judgements=3, judge_template="compact",
                  prompt_temperature=0.6, response_temperature=0.7, judge_temperature=0.7, top_p=0.9,
-                 max_new_tokens=24, judge_max_new_tokens=64, prompt_max_new_tokens=32,
+                 max_new_tokens=24, judge_max_new_tokens=64, prompt_max_new_tokens=48,
                  sft_lr=3e-3, sft_min_lr=3e-4, sft_epochs=2, sft_batch_size=16, sft_dropout=0.1,
                  dpo_lr=3e-5, dpo_min_lr=3e-6, dpo_epochs=2, dpo_batch_size=16, beta=0.1,
-                 eval_max_new_tokens=24),
+                 eval_max_new_tokens=24, prompt_model="base", similarity_threshold=0.9),
 }
 
 
@@ -127,11 +131,16 @@ def run(a) -> dict:
                 write_jsonl(earlier, [r for f in generated_pools for r in read_jsonl(f)])
             dist.barrier()
             pool = ["--generated-pool", str(earlier)]
+        # Who writes the new prompts: the current model M_t (the method as described), or a fixed
+        # model ("base" = M0, or a path). A fixed writer is what the tiny world needs: SFT teaches
+        # its 1M-parameter M1 to answer, and it loses the base model's habit of continuing a list.
+        writer = {"current": current, "base": Path(a.base_model)}.get(s["prompt_model"], Path(s["prompt_model"]))
         step(f"iteration {t}: self-instruct prompts", prompts, lambda: generate.main([
-            "--task", "prompts", "--model", str(current), "--seed-pool", str(a.seed_prompts), *pool,
+            "--task", "prompts", "--model", str(writer), "--seed-pool", str(a.seed_prompts), *pool,
             "--num-prompts", str(s["num_prompts"]), "--output", str(prompts),
             "--temperature", str(s["prompt_temperature"]), "--top-p", str(s["top_p"]),
-            "--max-new-tokens", str(s["prompt_max_new_tokens"]), "--device", a.device, "--seed", seed]))
+            "--max-new-tokens", str(s["prompt_max_new_tokens"]), "--similarity-threshold", str(s["similarity_threshold"]),
+            "--device", a.device, "--seed", seed]))
         generated_pools.append(prompts)
         step(f"iteration {t}: candidates", candidates, lambda: generate.main([
             "--task", "responses", "--model", str(current), "--input", str(prompts), "--output", str(candidates),
@@ -187,7 +196,26 @@ def iteration_data(it: Path) -> dict:
         hist[key] = hist.get(key, 0) + 1
     return {"prompts_kept": len(prompts), "candidates": len(texts), "pairs": len(pairs),
             "score_histogram": dict(sorted(hist.items())),
-            "mean_response_chars": sum(map(len, texts)) / max(len(texts), 1)}
+            "mean_response_chars": sum(map(len, texts)) / max(len(texts), 1),
+            "pairs_vs_grader": pairs_vs_grader(pairs)}
+
+
+def pairs_vs_grader(pairs: list[dict]) -> dict:
+    """How the self-judged pairs look to the built-in world's grader (an outside check the loop
+    never uses for training): "agree" = the grader also scores chosen above rejected, "tie" = it
+    scores them equal, "disagree" = it prefers the rejected one. Pairs whose prompt is not a world
+    task (real data, or a self-instructed prompt no template matches) are counted as "ungraded".
+    DPO can only teach what the "agree" pairs hold; with as many "disagree" pairs it learns noise."""
+    from srlm.world import grade_prompt
+
+    out = {"agree": 0, "tie": 0, "disagree": 0, "ungraded": 0}
+    for p in pairs:
+        chosen, rejected = grade_prompt(p["prompt"], p["chosen"]), grade_prompt(p["prompt"], p["rejected"])
+        if chosen is None:
+            out["ungraded"] += 1
+        else:
+            out["agree" if chosen > rejected else "tie" if chosen == rejected else "disagree"] += 1
+    return out
 
 
 def results_table(results: dict) -> str:
@@ -201,8 +229,12 @@ def results_table(results: dict) -> str:
     def wtl(h):
         return "–" if not h else f"{pct(h['win'])}/{pct(h['tie'])}/{pct(h['loss'])}"
 
+    def atd(g):  # the pairs as the grader sees them: agree / tie / disagree
+        return "–" if not g or g["ungraded"] == sum(g.values()) else f"{g['agree']}/{g['tie']}/{g['disagree']}"
+
     head = ("| model | grader mean (0-5) | exact acc | W/T/L vs prev | W/T/L vs M1 | pairwise acc | exact match "
-            "| 5-best | Spearman | Kendall tau | judge parse fail | prompts kept | pairs | mean answer chars |")
+            "| 5-best | Spearman | Kendall tau | judge parse fail | prompts kept | pairs | pairs A/T/D by grader "
+            "| mean answer chars |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, r in results.items():
         ift, rm, d = r.get("instruction_following", {}), r.get("reward_modelling", {}), r.get("data", {})
@@ -211,7 +243,8 @@ def results_table(results: dict) -> str:
             f"| {wtl(r.get('vs_previous'))} | {wtl(r.get('vs_m1'))} | {pct(rm.get('pairwise_accuracy'))} "
             f"| {pct(rm.get('exact_match'))} | {pct(rm.get('five_best'))} | {num(rm.get('spearman'))} "
             f"| {num(rm.get('kendall_tau'))} | {pct(rm.get('parse_failure_rate'))} | {d.get('prompts_kept', '–')} "
-            f"| {d.get('pairs', '–')} | {num(ift.get('mean_response_chars'), '{:.1f}')} |")
+            f"| {d.get('pairs', '–')} | {atd(d.get('pairs_vs_grader'))} "
+            f"| {num(ift.get('mean_response_chars'), '{:.1f}')} |")
     return "\n".join(lines)
 
 
