@@ -2,7 +2,9 @@
 
 1. Instruction following: the model answers held-out prompts (greedy); the world's reference grader
    (srlm/world.py) scores each answer 0-5 -> mean score and exact-answer accuracy. Head-to-head
-   win/tie/loss between two models compares their graded answers prompt by prompt.
+   win/tie/loss between two models compares their graded answers prompt by prompt. Open-ended
+   prompts (the real-data path, e.g. OASST) have no grader: their answers are saved ungraded, for
+   an outside judge (the paper used GPT-4 and AlpacaEval), and the grader metrics read None.
 2. Reward modelling: the model judges every reply of held-out ranked groups with the judge prompt
    (greedy, one judgement each); its parsed scores are compared with the reference ranking using
    the paper's metrics (srlm/metrics.py), and the judge parse-failure rate is reported.
@@ -44,14 +46,16 @@ def instruction_following(model, tokenizer, eval_prompts: list[dict], max_new_to
     answers = _greedy(model, tokenizer, [r["prompt"] for r in eval_prompts], max_new_tokens, batch_size)
     rows = []
     for r, answer in zip(eval_prompts, answers):
-        task = world.parse_task(r["prompt"])
-        if task is None:
-            raise ValueError(f"evaluation prompt {r.get('id')!r} matches no task of the built-in world")
+        task = world.parse_task(r["prompt"])  # None: an open-ended prompt (real data) has no grader
         rows.append({"id": r.get("id"), "prompt": r["prompt"], "response": answer,
-                     "grade": world.grade(task, answer), "exact": world.is_exact(task, answer)})
-    n = max(len(rows), 1)
-    metrics = {"mean_grade": sum(r["grade"] for r in rows) / n, "exact_accuracy": sum(r["exact"] for r in rows) / n,
-               "mean_response_chars": sum(len(r["response"]) for r in rows) / n}
+                     "grade": None if task is None else world.grade(task, answer),
+                     "exact": None if task is None else world.is_exact(task, answer)})
+    graded = [r for r in rows if r["grade"] is not None]
+    n = len(graded)
+    metrics = {"mean_grade": sum(r["grade"] for r in graded) / n if n else None,
+               "exact_accuracy": sum(r["exact"] for r in graded) / n if n else None,
+               "graded": n, "ungraded": len(rows) - n,
+               "mean_response_chars": sum(len(r["response"]) for r in rows) / max(len(rows), 1)}
     return metrics, rows
 
 
@@ -74,12 +78,13 @@ def reward_modelling(model, tokenizer, eval_groups: list[dict], template: str, m
 
 
 def head_to_head(rows_a: list[dict], rows_b: list[dict]) -> dict:
-    """Win/tie/loss of model A against model B under the reference grader, prompt by prompt."""
+    """Win/tie/loss of model A against model B under the reference grader, prompt by prompt
+    (prompts without a grade on either side are left out)."""
     by_prompt = {r["prompt"]: r["grade"] for r in rows_b}
     win = tie = loss = 0
     for r in rows_a:
         b = by_prompt.get(r["prompt"])
-        if b is None:
+        if b is None or r["grade"] is None:
             continue
         win += r["grade"] > b
         tie += r["grade"] == b

@@ -170,3 +170,17 @@ def test_pairs_vs_grader_hand_counted():
              {"prompt": q, "chosen": "8", "rejected": "I think it is 8."},    # 5 > 4: agree
              {"prompt": "Tell me a joke.", "chosen": "a", "rejected": "b"}]  # no task: ungraded
     assert loop.pairs_vs_grader(pairs) == {"agree": 2, "tie": 1, "disagree": 1, "ungraded": 1}
+
+
+def test_instruction_following_leaves_open_ended_prompts_ungraded(monkeypatch):
+    """A world prompt is graded ("8" to 3 + 5 is exact: 5); an open-ended one (real data) is kept
+    ungraded and left out of the means and of head-to-head."""
+    from srlm import evaluate
+    monkeypatch.setattr(evaluate, "_greedy", lambda model, tok, prompts, n, bs: ["8", "Why did the chicken..."])
+    prompts = [{"id": "a", "prompt": "What is 3 + 5?"}, {"id": "b", "prompt": "Tell me a joke."}]
+    metrics, rows = evaluate.instruction_following(None, None, prompts, 8, 2)
+    assert metrics["mean_grade"] == 5.0 and metrics["exact_accuracy"] == 1.0
+    assert metrics["graded"] == 1 and metrics["ungraded"] == 1
+    assert rows[1]["grade"] is None and rows[1]["response"] == "Why did the chicken..."
+    other = [{"prompt": "What is 3 + 5?", "grade": 2}, {"prompt": "Tell me a joke.", "grade": None}]
+    assert head_to_head(rows, other) == {"win": 1.0, "tie": 0.0, "loss": 0.0, "prompts": 1}
