@@ -196,6 +196,7 @@ def generate_batch(model, prompt_tokens: list[list[int]], max_new_tokens: int, *
 
     logits = prefill(model, tokens, positions[:, :P], prefill_mask if padded else None)  # (B, vocab)
     n_done_steps = 0
+    can_stop = eos_id is not None or bool(stop_strings)  # if not, every row runs to n_new: nothing to check
     for t in range(n_new):
         if t > 0:
             slot = P + t - 1  # the previous token goes into this cache slot
@@ -208,7 +209,7 @@ def generate_batch(model, prompt_tokens: list[list[int]], max_new_tokens: int, *
         if eos_id is not None:
             done |= token == eos_id
         n_done_steps = t + 1
-        if (t + 1) % sync_every == 0 or t + 1 == n_new:
+        if can_stop and ((t + 1) % sync_every == 0 or t + 1 == n_new):
             if stop_strings:  # host check on the tail of each running row
                 tail = out[:, max(0, t + 1 - stop_window) : t + 1].tolist()
                 for i in (~done).nonzero()[:, 0].tolist():
