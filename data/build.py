@@ -3,7 +3,8 @@
 Everything here comes from srlm/world.py (tasks whose answers code can check, and their 0-5
 grader), drawn from one seeded random.Random, so the same --seed rebuilds the same files:
 
-    ift.jsonl            seed instruction-following data {"prompt", "response"}: perfect answers
+    ift.jsonl            seed instruction-following data {"prompt", "response"}: correct answers,
+                         about half bare (grade 5), half one sentence with extra words (grade 4)
     eft.jsonl            seed judge-training data {"prompt": judge prompt (compact template),
                          "response": "<reason>\\nScore: s"}; s is the grader's score, every score
                          0..5 equally often
@@ -13,7 +14,8 @@ grader), drawn from one seeded random.Random, so the same --seed rebuilds the sa
     eval_groups.jsonl    held-out ranked groups {"id", "prompt", "replies", "ranks", "scores"}:
                          4 replies of distinct grader scores, rank 0 = best
     pretrain.jsonl       the base-model corpus {"text"}: worked exercises in plain prose, grading
-                         notes, spellings, digits and letters; no chat format, no instructions
+                         notes, lists of requests (no answers), spellings, digits and letters;
+                         no chat format
     tokenizer.model      SentencePiece BPE trained on all of the text above
     m0/                  the tiny base model M0, pretrained with our own `train.py --stage pretrain`
 
@@ -40,6 +42,7 @@ if str(ROOT) not in sys.path:
 
 from srlm.io import write_json, write_jsonl  # noqa: E402
 from srlm.judge import COMPACT_TEMPLATE, judge_prompt  # noqa: E402
+from srlm.self_instruct import build_few_shot_prompt  # noqa: E402
 from srlm.world import (FAMILY_NAMES, LETTERS, WORDS, Task, judgement_text,  # noqa: E402
                         response_of_quality, sample_task)
 
@@ -93,8 +96,16 @@ def eval_group_rows(tasks: list[Task], rng: random.Random, group_size: int = 4) 
     return rows
 
 
-def ift_rows(tasks: list[Task]) -> list[dict]:
-    return [{"prompt": t.prompt, "response": t.answer} for t in tasks]
+def ift_rows(tasks: list[Task], rng: random.Random, share_bare: float = 0.5) -> list[dict]:
+    """Seed answers in two styles, as people write them: about half the bare answer ("68", grade 5),
+    the rest one correct sentence with extra words ("The answer is 68.", grade 4).
+
+    Like OASST's human answers, the seed shows good but uneven replies; the judge's rubric (EFT)
+    says which style is best. That gap is what self-rewarding can close on its own: M1 answers in
+    both styles, its judge prefers the bare answer when it is right, and DPO moves towards it.
+    """
+    return [{"prompt": t.prompt, "response": t.answer if rng.random() < share_bare else response_of_quality(t, 4, rng)}
+            for t in tasks]
 
 
 def eft_rows(tasks: list[Task], rng: random.Random, per_task: int = 3) -> list[dict]:
@@ -143,16 +154,30 @@ def _grading_notes(tasks: list[Task], rng: random.Random) -> str:
     return "Grading notes. Each answer earns one point per criterion met, up to 5.\n\n" + "\n\n".join(notes)
 
 
+def _request_list(tasks: list[Task]) -> str:
+    """A numbered list of requests without answers, the shape of text self-instruction continues.
+
+    A real base model has read many such lists on the web, which is why few-shot prompting it with
+    one makes it write a new request. Our tiny M0 reads nothing but this corpus, so the corpus holds
+    some: the same header and "Task k:" layout that srlm/self_instruct.py builds (that function
+    writes them, so the two cannot drift apart), then one more task after the open label.
+    """
+    *examples, last = [t.prompt for t in tasks]
+    return f"{build_few_shot_prompt(examples)} {last}"
+
+
 def _spellings(words: list[str]) -> str:
     return "\n".join(f"The word {w} is spelled {' '.join(w)}." for w in words)
 
 
-def pretrain_rows(rng: random.Random, taken: set, n_sheets: int, n_notes: int) -> list[dict]:
+def pretrain_rows(rng: random.Random, taken: set, n_sheets: int, n_notes: int, n_lists: int) -> list[dict]:
     docs = []
     for _ in range(n_sheets):
         docs.append(_exercise_sheet(draw_tasks(rng, 8, taken, unique=False), rng))
     for _ in range(n_notes):
         docs.append(_grading_notes(draw_tasks(rng, 4, taken, unique=False), rng))
+    for _ in range(n_lists):
+        docs.append(_request_list(draw_tasks(rng, 9, taken, unique=False)))
     words = list(WORDS)
     for _ in range(4):
         rng.shuffle(words)
@@ -168,7 +193,8 @@ def pretrain_rows(rng: random.Random, taken: set, n_sheets: int, n_notes: int) -
 # ----------------------------------------------------------------------------- the whole text set
 
 def build_text(seed: int = 0, n_eval: int = 110, n_groups: int = 55, n_ift: int = 495,
-               n_eft_tasks: int = 132, n_sheets: int = 1500, n_notes: int = 500) -> dict[str, list[dict]]:
+               n_eft_tasks: int = 132, n_sheets: int = 1500, n_notes: int = 500,
+               n_lists: int = 400) -> dict[str, list[dict]]:
     """All JSONL files of the world as {file name: rows}; the same arguments give the same rows.
 
     Held-out sets are drawn first and their questions reserved; IFT and EFT questions are
@@ -184,10 +210,10 @@ def build_text(seed: int = 0, n_eval: int = 110, n_groups: int = 55, n_ift: int 
     return {
         "eval_prompts.jsonl": eval_prompt_rows(eval_tasks),
         "eval_groups.jsonl": eval_group_rows(group_tasks, rng),
-        "ift.jsonl": ift_rows(ift_tasks),
+        "ift.jsonl": ift_rows(ift_tasks, rng),
         "seed_prompts.jsonl": seed_prompt_rows(ift_tasks),
         "eft.jsonl": eft_rows(eft_tasks, rng),
-        "pretrain.jsonl": pretrain_rows(rng, held_out, n_sheets, n_notes),
+        "pretrain.jsonl": pretrain_rows(rng, held_out, n_sheets, n_notes, n_lists),
     }
 
 
@@ -262,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=DATA_DIR, help="folder to write into (default: data/)")
     p.add_argument("--vocab-size", type=int, default=640)
-    p.add_argument("--pretrain-steps", type=int, default=400, help="optimizer steps of 16 documents")
+    p.add_argument("--pretrain-steps", type=int, default=1600, help="optimizer steps of 16 documents")
     p.add_argument("--pretrain-lr", type=float, default=2e-3, help="peak learning rate (decays to a tenth)")
     p.add_argument("--skip-model", action="store_true", help="write the text files and tokenizer only")
     args = p.parse_args(argv)

@@ -267,9 +267,11 @@ def test_data_fields_counts_and_disjointness():
     corpus = _rows("pretrain.jsonl")
     assert len(ift) >= 300 and len(eft) >= 300 and len(evals) >= 100 and len(groups) >= 50
 
-    # IFT: every response is the grader's perfect answer; every family present
+    # IFT: every response is correct, bare (5) or one direct sentence (4), each style 35-65%; every family present
     ift_tasks = [parse_task(r["prompt"]) for r in ift]
-    assert all(t is not None and grade(t, r["response"]) == 5 for t, r in zip(ift_tasks, ift))
+    grades = [grade(t, r["response"]) for t, r in zip(ift_tasks, ift)]
+    assert all(t is not None for t in ift_tasks) and set(grades) == {4, 5}
+    assert 0.35 < grades.count(5) / len(grades) < 0.65
     assert {t.family for t in ift_tasks} == set(FAMILY_NAMES)
     assert [r["prompt"] for r in seeds] == [r["prompt"] for r in ift]
     assert all(set(r) == {"id", "prompt", "source"} for r in seeds)
