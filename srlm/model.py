@@ -202,6 +202,11 @@ class KVCache:
 
     `update(start_pos, k, v)` writes the new T positions at [start_pos, start_pos + T) and
     returns every key/value written so far, [0, start_pos + T), for the attention of this step.
+
+    A fixed-shape decode step (for torch.compile; see srlm/sampling.py) passes start_pos as a
+    one-element tensor instead: the single new position is written there and the WHOLE cache is
+    returned, so the shapes never change from step to step; the caller's mask then hides the
+    slots not written yet.
     """
 
     def __init__(self, max_batch_size, n_kv_heads, max_seq_len, head_dim, dtype, device):
@@ -209,8 +214,12 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
 
-    def update(self, start_pos: int, k: torch.Tensor, v: torch.Tensor):
+    def update(self, start_pos: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         B, _, T, _ = k.shape
+        if isinstance(start_pos, torch.Tensor):  # fixed shapes: slot given as a tensor (1,), T == 1
+            self.k[:B].index_copy_(2, start_pos, k)
+            self.v[:B].index_copy_(2, start_pos, v)
+            return self.k[:B], self.v[:B]
         if start_pos + T > self.k.shape[2]:
             raise ValueError(f"KV cache holds {self.k.shape[2]} positions; asked to write up to {start_pos + T}")
         self.k[:B, :, start_pos : start_pos + T] = k
@@ -299,7 +308,8 @@ class Llama(nn.Module):
                 mask: Optional[torch.Tensor] = None, return_hidden: bool = False) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, vocab), or final normed hidden states (B, T, dim).
 
-        start_pos: where these tokens start in the KV cache (0 without a cache).
+        start_pos: where these tokens start in the KV cache (0 without a cache); a one-element
+            tensor for a fixed-shape decode step (see KVCache; positions and mask are then required).
         positions: (B, T) rotary position of each token; default start_pos + arange(T) for every row
             (a ragged batch passes its own, e.g. left-padded rows start later).
         mask: bool (B or 1, 1, T, S), True = may attend, S = start_pos + T keys; default causal.

@@ -35,9 +35,10 @@ Stopping: a row stops at `eos_id` or when its decoded text contains one of `stop
 ends when every row has stopped or after `max_new_tokens`. On a GPU the `done` flags stay on the
 device and are read back only every `sync_every` steps, so the decode loop does not wait on the
 host at each token; rows that finished in between keep generating a few throw-away tokens.
-`compile=True` runs the decode step through torch.compile (dynamic shapes: the cache view grows by
-one slot per step). CUDA graphs are not used: they need a decode step of fixed shape, i.e. attention
-over the whole preallocated cache under a mask, which srlm/model.py's KV cache does not do today.
+`compile=True` runs the decode step through torch.compile in a fixed-shape form (`decode_fixed`:
+the cache slot is a tensor and attention covers the whole preallocated cache under a mask), so one
+compiled graph serves every step; on CPU inductor's C++ wrapper also takes Python off the step.
+CUDA graphs (mode="reduce-overhead") need exactly such a step but are not switched on: untested here.
 
 Self-check on a tiny random model: `python -m srlm.sampling`.
 """
@@ -120,6 +121,38 @@ def decode_one(model, token: torch.Tensor, slot: int, positions: torch.Tensor,
     return model(token, start_pos=slot, positions=positions, mask=mask)[:, -1]
 
 
+def decode_fixed(model, token: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor,
+                 key_valid: torch.Tensor) -> torch.Tensor:
+    """decode_one with shapes that are the same at every step: the form torch.compile wants.
+
+    In decode_one the slot is a Python int and the keys seen grow by one each step, so a compiled
+    version would either recompile every step or run slower dynamic-shape code. Here the slot is a
+    tensor (1,), the new key/value is written there (KVCache.update), and attention runs over the
+    whole cache of S slots under a mask of the slots that are real (key_valid) and written so far
+    (index <= slot). One compiled graph then serves every step.
+    token (B, 1); positions, key_valid (B, S): the tables of batch_layout over the whole cache.
+    """
+    written = torch.arange(key_valid.shape[1], device=key_valid.device) <= slot  # (S,)
+    mask = (key_valid & written)[:, None, None, :]  # (B, 1, 1, S)
+    return model(token, start_pos=slot, positions=positions.index_select(1, slot), mask=mask)[:, -1]
+
+
+_COMPILED_STEPS: dict = {}
+
+
+def compiled_decode_step(device_type: str):
+    """decode_fixed through torch.compile, built once per device type and reused: compiling takes
+    seconds (tiny) to a minute, and the compiled graph holds no weights (they are its inputs), so any
+    model of the same shapes reuses it. On CPU, inductor's C++ wrapper (cpp_wrapper) also launches the
+    kernels from C++ rather than Python, which at small sizes is most of what a step costs.
+    Each new batch size or cache length compiles a new graph; past torch._dynamo's recompile limit
+    (8 by default) the step runs eagerly, with a warning."""
+    if device_type not in _COMPILED_STEPS:
+        options = {"cpp_wrapper": True} if device_type == "cpu" else None
+        _COMPILED_STEPS[device_type] = torch.compile(decode_fixed, dynamic=False, options=options)
+    return _COMPILED_STEPS[device_type]
+
+
 def batch_layout(lengths: torch.Tensor, total: int):
     """The bookkeeping tensors of a left-padded batch (see the module docstring).
 
@@ -169,17 +202,21 @@ def _find_stop(tokenizer, ids: list[int], stop_strings: Sequence[str]) -> Option
 def generate_batch(model, prompt_tokens: list[list[int]], max_new_tokens: int, *, temperature: float,
                    top_p: float, top_k: int, eos_id: Optional[int], generator: torch.Generator,
                    stop_strings: Optional[Sequence[str]], tokenizer, return_logprobs: bool,
-                   sync_every: int, step_fn=decode_one):
+                   sync_every: int, compiled_step=None, cache_len: Optional[int] = None):
     """Generate for one batch whose KV cache is already set up. Returns (ids per row, logprobs per row or None).
 
     The rows stop together after min(max_new_tokens, max_seq_len - P) tokens at most.
+    compiled_step: a compiled decode_fixed (then cache_len, the slots of the cache, is required);
+    None runs decode_one.
     """
     device = model.output.weight.device
     B = len(prompt_tokens)
     lengths = torch.tensor([len(p) for p in prompt_tokens], device=device)
     P = int(lengths.max())
     n_new = min(max_new_tokens, model.args.max_seq_len - P)
-    pad, key_valid, positions, prefill_mask = batch_layout(lengths, P + n_new)
+    # decode_fixed attends over the whole cache, so its tables cover every slot of it
+    pad, key_valid, positions, prefill_mask = batch_layout(lengths, cache_len if compiled_step else P + n_new)
+    slots = torch.arange(key_valid.shape[1], device=device)  # slot indices as tensors, for decode_fixed
 
     tokens = torch.zeros(B, P, dtype=torch.long)  # pad id 0; validity comes from key_valid
     for i, ids in enumerate(prompt_tokens):
@@ -200,8 +237,11 @@ def generate_batch(model, prompt_tokens: list[list[int]], max_new_tokens: int, *
     for t in range(n_new):
         if t > 0:
             slot = P + t - 1  # the previous token goes into this cache slot
-            mask = key_valid[:, None, None, : slot + 1] if padded else None  # (B, 1, 1, slot + 1)
-            logits = step_fn(model, out[:, t - 1 : t], slot, positions[:, slot : slot + 1], mask)
+            if compiled_step is not None:
+                logits = compiled_step(model, out[:, t - 1 : t], slots[slot : slot + 1], positions, key_valid)
+            else:
+                mask = key_valid[:, None, None, : slot + 1] if padded else None  # (B, 1, 1, slot + 1)
+                logits = decode_one(model, out[:, t - 1 : t], slot, positions[:, slot : slot + 1], mask)
         token = sample_logits(logits, temperature, top_p, top_k, generator)  # (B,)
         out[:, t] = token
         if logprobs is not None:  # the model's own log-likelihood of the token (before temperature/filters)
@@ -280,7 +320,8 @@ def generate(model, prompt_tokens: list[list[int]], max_new_tokens: int, tempera
         logits, before temperature and filters), aligned with the ids.
     batch_size: rows per forward pass; larger inputs are cut into chunks of prompts of similar length.
     sync_every: read the done flags back every this many steps (default 1 on CPU, 16 on GPU).
-    compile: run the decode step through torch.compile (dynamic shapes).
+    compile: run the decode step through torch.compile (decode_fixed: fixed shapes). The first call
+        for each batch size and (rounded) cache length compiles, which takes seconds to a minute.
     """
     _check_inputs(model, prompt_tokens, max_new_tokens, temperature, top_p, top_k, stop_strings, tokenizer)
     n = len(prompt_tokens)
@@ -291,7 +332,7 @@ def generate(model, prompt_tokens: list[list[int]], max_new_tokens: int, tempera
     if sync_every is None:
         sync_every = 16 if device.type == "cuda" else 1
     batch_size = batch_size or n
-    step_fn = torch.compile(decode_one, dynamic=True) if compile else decode_one
+    compiled_step = compiled_decode_step(device.type) if compile else None
 
     # Chunks of prompts of similar length waste less compute on padding. The sort is stable, so
     # K copies of one prompt stay next to each other.
@@ -299,6 +340,8 @@ def generate(model, prompt_tokens: list[list[int]], max_new_tokens: int, tempera
     chunks = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     max_len = model.args.max_seq_len
     cache_len = max(min(max(len(prompt_tokens[i]) for i in c) + max_new_tokens, max_len) for c in chunks)
+    if compile:  # every cache length is a new compiled graph: round up to a multiple of 64 to reuse them
+        cache_len = min(-(-cache_len // 64) * 64, max_len)
 
     generator = torch.Generator(device=device).manual_seed(seed)
     ids_out: list = [None] * n
@@ -311,7 +354,8 @@ def generate(model, prompt_tokens: list[list[int]], max_new_tokens: int, tempera
             ids, lps = generate_batch(
                 model, [prompt_tokens[i] for i in chunk], max_new_tokens, temperature=temperature, top_p=top_p,
                 top_k=top_k, eos_id=eos_id, generator=generator, stop_strings=stop_strings, tokenizer=tokenizer,
-                return_logprobs=return_logprobs, sync_every=sync_every, step_fn=step_fn)
+                return_logprobs=return_logprobs, sync_every=sync_every, compiled_step=compiled_step,
+                cache_len=cache_len)
             for j, i in enumerate(chunk):
                 ids_out[i] = ids[j]
                 if return_logprobs:

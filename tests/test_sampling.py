@@ -269,6 +269,51 @@ def test_greedy_matches_transformers(model, tmp_path):
         assert generate(model, [prompt], 12, eos_id=None)[0] == out[0, len(prompt):].tolist()
 
 
+def test_compiled_fixed_shape_step_equals_eager(model):
+    """compile=True (decode_fixed through torch.compile: slot as a tensor, attention over the whole
+    cache under a mask) gives the eager tokens and log-probs, ragged batch and chunks included.
+    Compiling takes ~10 s on a 2-core CPU; skipped where torch.compile has no C++ compiler to use."""
+    import shutil
+
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("torch.compile on CPU needs a C++ compiler")
+    eager, lp_eager = generate(model, PROMPTS, 10, eos_id=None, return_logprobs=True)
+    compiled, lp_compiled = generate(model, PROMPTS, 10, eos_id=None, return_logprobs=True, compile=True)
+    assert compiled == eager
+    for a, b in zip(lp_compiled, lp_eager):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4)
+    prompts = PROMPTS + [p[:-1] for p in PROMPTS]  # chunks of 4: the same compiled shapes are reused
+    assert generate(model, prompts, 6, eos_id=None, batch_size=4, compile=True) == generate(
+        model, prompts, 6, eos_id=None, batch_size=4)
+
+
+def test_decode_fixed_equals_decode_one(model):
+    """The fixed-shape step, eagerly: same logits as decode_one at every step of a padded batch."""
+    from srlm.sampling import batch_layout, decode_fixed, decode_one, prefill
+
+    lengths = torch.tensor([len(p) for p in PROMPTS])
+    P, S = int(lengths.max()), 20
+    _, key_valid, positions, prefill_mask = batch_layout(lengths, S)
+    tokens = torch.zeros(len(PROMPTS), P, dtype=torch.long)
+    for i, p in enumerate(PROMPTS):
+        tokens[i, P - len(p):] = torch.tensor(p)
+    logits = {}
+    for name in ("one", "fixed"):
+        model.setup_cache(len(PROMPTS), S)
+        with torch.no_grad():
+            step_logits = [prefill(model, tokens, positions[:, :P], prefill_mask)]
+            for slot in range(P, S):
+                token = step_logits[-1].argmax(-1, keepdim=True)
+                if name == "one":
+                    mask = key_valid[:, None, None, : slot + 1]
+                    step_logits.append(decode_one(model, token, slot, positions[:, slot : slot + 1], mask))
+                else:
+                    step_logits.append(decode_fixed(model, token, torch.tensor([slot]), positions, key_valid))
+        model.clear_cache()
+        logits[name] = torch.stack(step_logits)
+    torch.testing.assert_close(logits["fixed"], logits["one"], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_greedy_matches_cpu(model):
     """GPU path (done flags read every sync_every steps; compiled decode step) gives the CPU tokens."""

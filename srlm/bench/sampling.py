@@ -6,8 +6,14 @@ chosen shape, written with save_pretrained and read back by transformers.LlamaFo
 
 Decode tokens/s = B * (N - 1) / (time for N new tokens - time for 1 new token): the prefill and
 the first token are subtracted, so the figure is the per-token loop alone. The median of --repeats.
+--compile adds generate(..., compile=True); its compilation happens in the untimed warm-up run.
+
+"matmul-only tok/s" is the speed of a step that did nothing but the model's matrix multiplies (its
+own weights, the same kernels, the same threads; see matmul_only_tokens_per_s): an upper bound for
+any implementation of the model on this machine, so floor / transformers bounds the ratio.
 
     python -m srlm.bench.sampling --config tiny 100m --batch-sizes 1 32                  # CPU
+    python -m srlm.bench.sampling --config 100m --batch-sizes 32 --dtype bfloat16         # CPU, bf16 both sides
     python -m srlm.bench.sampling --config llama2-7b --batch-sizes 1 64 --device cuda \\
         --dtype bfloat16 --no-hf --peak-bandwidth-gbs 3350                             # H100 roofline
 
@@ -73,6 +79,27 @@ def decode_tokens_per_s(runners: dict, batch: int, new_tokens: int, device, repe
     return {name: batch * (new_tokens - 1) / statistics.median(t) for name, t in times.items()}
 
 
+def matmul_only_tokens_per_s(model, batch: int, device, repeats: int, steps: int = 5) -> tuple[float, float]:
+    """The decode speed of a step that did nothing but its matrix multiplies: every nn.Linear of the
+    model (wq wk wv wo w1 w2 w3 per layer, then the vocabulary projection), in model order, on a
+    (batch, in_features) input, with the model's own weights (so they stream from memory as in a real
+    step). Attention, norms, sampling and Python are left out, so no implementation of this model
+    with these kernels decodes faster. Returns (tokens/s, GFLOP/s achieved by the multiplies)."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    w = model.output.weight
+    inputs = [torch.randn(batch, lin.in_features, dtype=w.dtype, device=device) for lin in linears]
+
+    def step():
+        with torch.inference_mode():
+            for lin, x in zip(linears, inputs):
+                torch.nn.functional.linear(x, lin.weight)
+
+    step()  # warm-up
+    seconds = statistics.median(timed(lambda: [step() for _ in range(steps)], device) / steps for _ in range(repeats))
+    flops = 2 * batch * sum(lin.weight.numel() for lin in linears)
+    return batch / seconds, flops / seconds / 1e9
+
+
 def ours_runner(model, prompts, compile=False):
     ids = prompts.tolist()
     return lambda n: generate(model, ids, n, eos_id=None, compile=compile)
@@ -120,8 +147,11 @@ def main(argv=None):
     machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     print(f"device {args.device} ({machine}), {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"dtype {args.dtype}, prompt {args.prompt_len}, new tokens {args.new_tokens}")
-    print("| config | params | batch | ours tok/s | transformers tok/s | ratio | roofline |")
-    print("|---|---|---|---|---|---|---|")
+    header = ["config", "params", "batch", "ours tok/s"] + (["compiled tok/s"] if args.compile else []) + [
+        "transformers tok/s", "ratio"] + (["compiled ratio"] if args.compile else []) + [
+        "matmul-only tok/s (GFLOP/s)", "roofline"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
     for config in args.config:
         model = build_model(config, dtype, args.device)
         hf = None if args.no_hf else load_hf(model, dtype, args.device)
@@ -137,17 +167,23 @@ def main(argv=None):
                 runners["transformers"] = hf_runner(hf, prompts.to(args.device))
             speed = decode_tokens_per_s(runners, batch, args.new_tokens, args.device, args.repeats)
             ours, compiled, theirs = speed["ours"], speed.get("compiled"), speed.get("transformers")
+            floor, floor_gflops = matmul_only_tokens_per_s(model, batch, args.device, args.repeats)
             roofline = (weight_bytes * ours / batch / (args.peak_bandwidth_gbs * 1e9)
                         if args.peak_bandwidth_gbs and batch == 1 else None)
             row = {"config": config, "params": n_params, "batch": batch, "device": args.device, "machine": machine,
                    "threads": torch.get_num_threads(), "dtype": args.dtype, "prompt_len": args.prompt_len,
                    "new_tokens": args.new_tokens, "ours_tok_s": ours, "compiled_tok_s": compiled,
                    "transformers_tok_s": theirs, "ratio": ours / theirs if theirs else None,
+                   "compiled_ratio": compiled / theirs if compiled and theirs else None,
+                   "matmul_only_tok_s": floor, "matmul_only_gflops": floor_gflops,
                    "roofline_fraction": roofline, "torch": torch.__version__}
             append_jsonl(args.out, [row])
             fmt = lambda x, f="{:.0f}": f.format(x) if x is not None else "-"
-            print(f"| {config} | {n_params / 1e6:.1f}M | {batch} | {fmt(ours)} | {fmt(theirs)} | "
-                  f"{fmt(row['ratio'], '{:.2f}x')} | {fmt(roofline, '{:.0%}')} |", flush=True)
+            cells = [config, f"{n_params / 1e6:.1f}M", batch, fmt(ours)] + ([fmt(compiled)] if args.compile else []) + [
+                fmt(theirs), fmt(row["ratio"], "{:.2f}x")] + (
+                [fmt(row["compiled_ratio"], "{:.2f}x")] if args.compile else []) + [
+                f"{floor:.0f} ({floor_gflops:.0f})", fmt(roofline, "{:.0%}")]
+            print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
         del model, hf
 
 
