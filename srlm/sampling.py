@@ -112,13 +112,22 @@ def prefill(model, tokens: torch.Tensor, positions: torch.Tensor, mask: Optional
     (B, P, vocab) tensor.
     """
     hidden = model(tokens, start_pos=0, positions=positions, mask=mask, return_hidden=True)  # (B, P, dim)
-    return model.output(hidden[:, -1]).float()  # (B, vocab)
+    return last_logits(model, hidden)
+
+
+def last_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """Next-token logits (B, vocab) from the last position of hidden (B, T, dim), in the model's dtype.
+
+    Not converted to float32 here: greedy decoding takes the max as is (bf16 -> fp32 is exact, so it
+    is the same token) and skips a (B, vocab) copy per step; sampling and log-probs convert themselves.
+    """
+    return model.output(hidden[:, -1])
 
 
 def decode_one(model, token: torch.Tensor, slot: int, positions: torch.Tensor,
                mask: Optional[torch.Tensor]) -> torch.Tensor:
     """Feed one token per row (B, 1) at cache slot `slot`; returns the next-token logits (B, vocab)."""
-    return model(token, start_pos=slot, positions=positions, mask=mask)[:, -1]
+    return last_logits(model, model(token, start_pos=slot, positions=positions, mask=mask, return_hidden=True))
 
 
 def decode_fixed(model, token: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor,
@@ -134,7 +143,8 @@ def decode_fixed(model, token: torch.Tensor, slot: torch.Tensor, positions: torc
     """
     written = torch.arange(key_valid.shape[1], device=key_valid.device) <= slot  # (S,)
     mask = (key_valid & written)[:, None, None, :]  # (B, 1, 1, S)
-    return model(token, start_pos=slot, positions=positions.index_select(1, slot), mask=mask)[:, -1]
+    hidden = model(token, start_pos=slot, positions=positions.index_select(1, slot), mask=mask, return_hidden=True)
+    return last_logits(model, hidden)
 
 
 _COMPILED_STEPS: dict = {}
