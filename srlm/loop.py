@@ -62,9 +62,9 @@ SETTINGS = {
     "tiny": dict(num_prompts=96, n_candidates=4, n_judgements=3, judge_template="compact",
                  prompt_temperature=0.6, response_temperature=0.7, judge_temperature=0.7, top_p=0.9,
                  max_new_tokens=24, judge_max_new_tokens=64, prompt_max_new_tokens=48,
-                 sft_lr=3e-3, sft_min_lr=3e-4, sft_epochs=2, sft_batch_size=16, sft_dropout=0.1,
-                 dpo_lr=3e-5, dpo_min_lr=3e-6, dpo_epochs=2, dpo_batch_size=16, beta=0.1,
-                 eval_max_new_tokens=24, prompt_model="base", similarity_threshold=0.9),
+                 sft_lr=1e-3, sft_min_lr=1e-4, sft_epochs=2, sft_batch_size=16, sft_dropout=0.1,
+                 dpo_lr=1e-4, dpo_min_lr=1e-5, dpo_epochs=1, dpo_batch_size=16, beta=0.1,
+                 eval_max_new_tokens=24, prompt_model="current", similarity_threshold=0.9),
 }
 
 
@@ -131,9 +131,9 @@ def run(a) -> dict:
                 write_jsonl(earlier, [r for f in generated_pools for r in read_jsonl(f)])
             dist.barrier()
             pool = ["--generated-pool", str(earlier)]
-        # Who writes the new prompts: the current model M_t (the method as described), or a fixed
-        # model ("base" = M0, or a path). A fixed writer is what the tiny world needs: SFT teaches
-        # its 1M-parameter M1 to answer, and it loses the base model's habit of continuing a list.
+        # Who writes the new prompts: the current model M_t (the method as described, the default),
+        # or a fixed model ("base" = M0, or a checkpoint path) that keeps the prompt distribution
+        # still across iterations, so that only the answers and judgements change.
         writer = {"current": current, "base": Path(a.base_model)}.get(s["prompt_model"], Path(s["prompt_model"]))
         step(f"iteration {t}: self-instruct prompts", prompts, lambda: generate.main([
             "--task", "prompts", "--model", str(writer), "--seed-pool", str(a.seed_prompts), *pool,
@@ -229,11 +229,11 @@ def results_table(results: dict) -> str:
     def wtl(h):
         return "–" if not h else f"{pct(h['win'])}/{pct(h['tie'])}/{pct(h['loss'])}"
 
-    def atd(g):  # the pairs as the grader sees them: agree / tie / disagree
-        return "–" if not g or g["ungraded"] == sum(g.values()) else f"{g['agree']}/{g['tie']}/{g['disagree']}"
+    def atd(g):  # the pairs as the grader sees them: agree / tie / disagree / ungraded
+        return "–" if not g or g["ungraded"] == sum(g.values()) else "/".join(str(g[k]) for k in g)
 
     head = ("| model | grader mean (0-5) | exact acc | W/T/L vs prev | W/T/L vs M1 | pairwise acc | exact match "
-            "| 5-best | Spearman | Kendall tau | judge parse fail | prompts kept | pairs | pairs A/T/D by grader "
+            "| 5-best | Spearman | Kendall tau | judge parse fail | prompts kept | pairs | pairs by grader A/T/D/U "
             "| mean answer chars |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, r in results.items():
