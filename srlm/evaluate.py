@@ -25,7 +25,7 @@ import torch
 
 from srlm import world
 from srlm.io import read_jsonl, write_json, write_jsonl
-from srlm.judge import judge_prompt, load_template, parse_score
+from srlm.judge import judge_prompt, load_template, make_model_judge, parse_score
 from srlm.metrics import reward_model_metrics
 
 
@@ -63,7 +63,9 @@ def reward_modelling(model, tokenizer, eval_groups: list[dict], template: str, m
                      batch_size: int, score_pattern: str | None = None) -> tuple[dict, list[dict]]:
     flat = [(gi, judge_prompt(g["prompt"], reply, template))
             for gi, g in enumerate(eval_groups) for reply in g["replies"]]
-    texts = _greedy(model, tokenizer, [p for _, p in flat], max_new_tokens, batch_size)
+    judge_fn = make_model_judge(model, tokenizer, max_new_tokens=max_new_tokens, temperature=0.0,
+                                batch_size=batch_size)  # greedy: the same judge judge.py runs, made deterministic
+    texts = judge_fn([p for _, p in flat])
     scores = [parse_score(t, score_pattern) for t in texts]
     groups, rows, k = [], [], 0
     for gi, g in enumerate(eval_groups):
