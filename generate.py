@@ -30,7 +30,7 @@ import math
 import random
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Collection, Optional
 
 import torch
 from tqdm import tqdm
@@ -152,13 +152,18 @@ def sampling_kwargs(args) -> dict:
 
 
 def generate_candidates(model, tok: Tokenizer, rows: list[dict], n: int, max_new_tokens: int, *, seed: int = 0,
-                        batch_size: int = 32, on_done: Optional[Callable[[list[dict]], None]] = None,
+                        batch_size: int = 32, done_ids: Collection[str] = (), rank: int = 0, world_size: int = 1,
+                        on_done: Optional[Callable[[list[dict]], None]] = None,
                         progress: bool = True, **sampling) -> tuple[list[dict], list[str]]:
-    """N candidates for each prompt row, in the chat format. Returns (candidate rows, ids skipped as too long).
+    """N candidates for each prompt row, in the chat format. Returns (new candidate rows, ids skipped as too long).
 
-    Prompts go batch_size // n at a time, each repeated n times in the batch. `on_done(rows)` is
-    called after every batch (generate.py appends them to the resumable log). The seed of a batch
-    is seed + the position of its first row, so a rerun of the same rows repeats.
+    The prompts that fit are cut into fixed batches of batch_size // n prompts (each repeated n
+    times, side by side) by their position in `rows`, and batch b is sampled with seed + the input
+    position of its first prompt. The batches are the same on every rank and in every rerun, so
+    the output depends on neither the number of ranks (rank r takes batches r, r + W, ...) nor on
+    a kill and resume: a batch with any prompt not in `done_ids` is sampled again in full, and only
+    its unfinished prompts are returned. `on_done(rows)` is called after every batch (generate.py
+    appends them to the resumable log).
     """
     max_len = model.args.max_seq_len
     encoded = [tok.encode_prompt(r["prompt"]) for r in rows]
@@ -166,16 +171,17 @@ def generate_candidates(model, tok: Tokenizer, rows: list[dict], n: int, max_new
     skipped = [r["id"] for r, ok in zip(rows, fits) if not ok]
     todo = [(i, r) for i, (r, ok) in enumerate(zip(rows, fits)) if ok]
     per_batch = max(1, batch_size // n)
+    batches = [todo[start : start + per_batch] for start in range(0, len(todo), per_batch)]
+    mine = [b for k, b in enumerate(batches) if k % world_size == rank and any(r["id"] not in done_ids for _, r in b)]
     out = []
-    bar = tqdm(total=len(todo), desc="responses", unit="prompt", disable=not progress)
-    for start in range(0, len(todo), per_batch):
-        chunk = todo[start : start + per_batch]
+    bar = tqdm(total=sum(len(b) for b in mine), desc="responses", unit="prompt", disable=not progress)
+    for chunk in mine:
         batch = [encoded[i] for i, _ in chunk for _ in range(n)]  # each prompt n times, side by side
         new_ids = generate(model, batch, max_new_tokens, eos_id=tok.eos_id, seed=seed + chunk[0][0],
                            batch_size=batch_size, **sampling)
         done = [{"id": r["id"], "prompt": r["prompt"],
                  "candidates": [tok.decode(ids).strip() for ids in new_ids[j * n : (j + 1) * n]]}
-                for j, (_, r) in enumerate(chunk)]
+                for j, (_, r) in enumerate(chunk) if r["id"] not in done_ids]
         if on_done is not None:
             on_done(done)
         out.extend(done)
@@ -202,11 +208,10 @@ def run_responses(args, model, tok, rank: int, world_size: int) -> Optional[dict
     # Every rank must shard the same to-do list: rank 0's view of the logs, sent to all (this also
     # keeps the other ranks from writing to a log before rank 0 has read it).
     done_ids = same_on_all_ranks(set(finished))
-    todo = [r for r in rows if r["id"] not in done_ids]
-    mine = dist.shard(todo, rank, world_size)
     log = partial_log(output, rank, world_size)
     new_rows, skipped = generate_candidates(
-        model, tok, mine, args.n, args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
+        model, tok, rows, args.n, args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
+        done_ids=done_ids, rank=rank, world_size=world_size,
         on_done=lambda done: append_jsonl(log, done), progress=rank == 0, **sampling_kwargs(args))
 
     gathered = dist.gather_objects((new_rows, skipped))
@@ -215,12 +220,12 @@ def run_responses(args, model, tok, rank: int, world_size: int) -> Optional[dict
     for part_rows, _ in gathered:
         for row in part_rows:
             finished[row["id"]] = row
-    all_skipped = [s for _, part_skipped in gathered for s in part_skipped]
+    all_skipped = gathered[0][1]  # every rank sees the same too-long prompts
     write_jsonl(output, [finished[r["id"]] for r in rows if r["id"] in finished])  # input order
     for old in all_partial_logs(output):
         old.unlink()
     return {"task": "responses", "output": str(output), "prompts": len(rows), "written": len(finished),
-            "generated_now": sum(len(p) for p, _ in gathered), "resumed": len(rows) - len(todo),
+            "generated_now": sum(len(p) for p, _ in gathered), "resumed": len(done_ids),
             "skipped_too_long": len(all_skipped), "skipped_ids": all_skipped[:20]}
 
 

@@ -56,14 +56,14 @@ SETTINGS = {
     "paper": dict(num_prompts=1000, n_candidates=4, n_judgements=3, judge_template="default",
                   prompt_temperature=0.6, response_temperature=0.7, judge_temperature=0.7, top_p=0.9,
                   max_new_tokens=512, judge_max_new_tokens=256, prompt_max_new_tokens=128,
-                  sft_lr=5.5e-6, sft_min_lr=1.1e-6, sft_epochs=1, sft_batch_size=16, sft_dropout=0.1,
-                  dpo_lr=1e-6, dpo_min_lr=1e-7, dpo_epochs=1, dpo_batch_size=16, beta=0.1,
+                  sft_lr=5.5e-6, sft_min_lr=1.1e-6, sft_epochs=1.0, sft_batch_size=16, sft_dropout=0.1,
+                  dpo_lr=1e-6, dpo_min_lr=1e-7, dpo_epochs=1.0, dpo_batch_size=16, beta=0.1,
                   eval_max_new_tokens=512, prompt_model="current", similarity_threshold=0.7),
     "tiny": dict(num_prompts=96, n_candidates=4, n_judgements=3, judge_template="compact",
                  prompt_temperature=0.6, response_temperature=0.7, judge_temperature=0.7, top_p=0.9,
                  max_new_tokens=24, judge_max_new_tokens=64, prompt_max_new_tokens=48,
-                 sft_lr=1e-3, sft_min_lr=1e-4, sft_epochs=2, sft_batch_size=16, sft_dropout=0.1,
-                 dpo_lr=1e-4, dpo_min_lr=1e-5, dpo_epochs=1, dpo_batch_size=16, beta=0.1,
+                 sft_lr=1e-3, sft_min_lr=1e-4, sft_epochs=2.0, sft_batch_size=16, sft_dropout=0.1,
+                 dpo_lr=1e-4, dpo_min_lr=1e-5, dpo_epochs=1.0, dpo_batch_size=16, beta=0.1,
                  eval_max_new_tokens=24, prompt_model="current", similarity_threshold=0.9),
 }
 

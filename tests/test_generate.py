@@ -173,18 +173,31 @@ def test_self_instruct_resumes_from_logged_rounds(model_dir, tmp_path):
 
 
 def test_torchrun_two_ranks_match_one_process(model_dir, prompts_file, tmp_path):
-    """Two CPU ranks (gloo) each take half the prompts; rank 0 merges them in input order. At
-    temperature 0 the file equals the single-process one."""
+    """Two CPU ranks (gloo) take alternate batches; rank 0 merges them in input order. Batches and
+    their seeds are fixed by input position, so even sampled (temperature 0.7) the file equals the
+    single-process one."""
     torchrun = shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun not on PATH")
     single, multi = tmp_path / "single.jsonl", tmp_path / "multi.jsonl"
-    run_responses(model_dir, prompts_file, single, "--temperature", "0", "--device", "cpu")
+    run_responses(model_dir, prompts_file, single, "--temperature", "0.7", "--device", "cpu")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [torchrun, "--nproc_per_node", "2", "--master_port", "29517", str(ROOT / "generate.py"),
            "--model", str(model_dir), "--task", "responses", "--input", str(prompts_file), "--output", str(multi),
-           "--num-candidates", "2", "--max-new-tokens", "6", "--batch-size", "4", "--temperature", "0",
+           "--num-candidates", "2", "--max-new-tokens", "6", "--batch-size", "4", "--temperature", "0.7",
            "--device", "cpu"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert multi.read_text() == single.read_text()
+
+
+def test_resumed_sampling_equals_uninterrupted(model_dir, prompts_file, tmp_path):
+    """Kill after the first batch (prompts a, b: the log holds them), rerun: the sampled file is the
+    same as an uninterrupted run's, since each batch and its seed depend only on input positions."""
+    full, resumed = tmp_path / "full.jsonl", tmp_path / "resumed.jsonl"
+    run_responses(model_dir, prompts_file, full, "--temperature", "0.7", "--device", "cpu")
+    first_batch = read_jsonl(full)[:2]  # --batch-size 4 with --n 2: two prompts per batch
+    append_jsonl(Path(str(resumed) + ".partial"), first_batch)
+    summary = run_responses(model_dir, prompts_file, resumed, "--temperature", "0.7", "--device", "cpu")
+    assert summary["resumed"] == 2 and summary["generated_now"] == 2
+    assert resumed.read_text() == full.read_text()

@@ -184,3 +184,35 @@ def test_instruction_following_leaves_open_ended_prompts_ungraded(monkeypatch):
     assert rows[1]["grade"] is None and rows[1]["response"] == "Why did the chicken..."
     other = [{"prompt": "What is 3 + 5?", "grade": 2}, {"prompt": "Tell me a joke.", "grade": None}]
     assert head_to_head(rows, other) == {"win": 1.0, "tie": 0.0, "loss": 0.0, "prompts": 1}
+
+
+def test_whole_loop_under_torchrun_matches_one_process(micro):
+    """`torchrun --nproc_per_node 2 -m srlm.loop ...` (gloo): every step shards over the two ranks
+    (SFT/DPO under FSDP2, generation and judging by prompt). Without dropout (whose masks depend on
+    which rank draws them), M1 equals the one-process M1 within fp32 tolerance (the gradient
+    reduction sums in another order), and with the same seeds the sampled files are the same."""
+    import os
+    import shutil
+    import subprocess
+
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not on PATH")
+    no_dropout = ["--sft-dropout", "0.0", "--skip-eval"]
+    run_a, run_b = micro / "run_one_process", micro / "run_torchrun"
+    loop.main(loop_args(micro, run_a) + no_dropout)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", "29541", "-m", "srlm.loop",
+           *loop_args(micro, run_b), *no_dropout]
+    proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for k, v in weights(run_a / "m1").items():
+        torch.testing.assert_close(weights(run_b / "m1")[k], v, rtol=0, atol=1e-5)
+    def rows(run, rel):  # the rows minus the writer's path, which names the run directory
+        return [{k: v for k, v in r.items() if k != "model"} for r in read_jsonl(run / rel)]
+
+    for rel in ARTIFACTS:
+        assert rows(run_b, rel) == rows(run_a, rel), rel
+    for k, v in weights(run_a / "iter2/model").items():
+        torch.testing.assert_close(weights(run_b / "iter2/model")[k], v, rtol=0, atol=1e-5)
