@@ -26,7 +26,7 @@ Each step is skipped when its output exists, and each CLI resumes its own partia
 the command at any point and running it again loses nothing already finished.
 
     python -m srlm.loop                                   # built-in default (data/), 2-core CPU, minutes
-    python -m srlm.loop --run-dir runs/llama --base-model llama-2-70b-hf \\
+    python -m srlm.loop --run-dir runs/llama --base-model llama-2-7b-hf \\
         --ift oasst/ift.jsonl --eft oasst/eft.jsonl --seed-prompts oasst/ift.jsonl --settings paper
     torchrun --nproc_per_node 8 -m srlm.loop ...          # every step shards over the ranks
 """
