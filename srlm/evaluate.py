@@ -106,7 +106,8 @@ def evaluate_model(model_dir, name: str, out_dir, eval_prompts_file, eval_groups
     result_file = out_dir / f"{name}.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
-    model = Llama.from_pretrained(model_dir, device=device).eval()
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32  # as generate.py samples
+    model = Llama.from_pretrained(model_dir, dtype=dtype, device=device).eval()
     tokenizer = Tokenizer.from_dir(model_dir)
     eval_prompts = read_jsonl(eval_prompts_file, required=("prompt",))
     eval_groups = read_jsonl(eval_groups_file, required=("prompt", "replies", "ranks"))
