@@ -176,7 +176,8 @@ def parse_args(argv):
     ap.add_argument("--chunk-size", type=int, default=64, help="candidates per resumable chunk")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                    help="default: bfloat16 on GPU, float32 on CPU (as generate.py)")
     return ap.parse_args(argv)
 
 
@@ -188,7 +189,8 @@ def load_judge(args, device) -> Callable:
     from srlm.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_dir(args.model)
-    model = Llama.from_pretrained(args.model, dtype=getattr(torch, args.dtype), device=device)
+    dtype = args.dtype or ("bfloat16" if torch.device(device).type == "cuda" else "float32")
+    model = Llama.from_pretrained(args.model, dtype=getattr(torch, dtype), device=device)
     model.eval()
     return make_model_judge(model, tokenizer, max_new_tokens=args.max_new_tokens,
                             temperature=args.temperature, top_p=args.top_p, seed=args.seed,
