@@ -18,6 +18,7 @@ what the model wrote and why a pair was chosen:
     runs/default/settings.json
     runs/default/m1/                      SFT checkpoint (HF format) + metrics.jsonl
     runs/default/iter1/prompts.jsonl candidates.jsonl judgements.jsonl pairs.jsonl model/   (model = M2)
+                      prompts_summary.json judge_summary.json   (prompts tried and rejected; score counts)
     runs/default/iter2/...                                                                  (model = M3)
     runs/default/eval/m1.json m1_answers.jsonl m1_judgements.jsonl ...
     runs/default/results.json results.md  the table printed at the end
@@ -33,6 +34,7 @@ the command at any point and running it again loses nothing already finished.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -135,12 +137,12 @@ def run(a) -> dict:
         # or a fixed model ("base" = M0, or a checkpoint path) that keeps the prompt distribution
         # still across iterations, so that only the answers and judgements change.
         writer = {"current": current, "base": Path(a.base_model)}.get(s["prompt_model"], Path(s["prompt_model"]))
-        step(f"iteration {t}: self-instruct prompts", prompts, lambda: generate.main([
+        step(f"iteration {t}: self-instruct prompts", prompts, lambda: save_summary(it / "prompts_summary.json", generate.main([
             "--task", "prompts", "--model", str(writer), "--seed-pool", str(a.seed_prompts), *pool,
             "--num-prompts", str(s["num_prompts"]), "--output", str(prompts),
             "--temperature", str(s["prompt_temperature"]), "--top-p", str(s["top_p"]),
             "--max-new-tokens", str(s["prompt_max_new_tokens"]), "--similarity-threshold", str(s["similarity_threshold"]),
-            "--device", a.device, "--seed", seed]))
+            "--device", a.device, "--seed", seed])))
         generated_pools.append(prompts)
         step(f"iteration {t}: candidates", candidates, lambda: generate.main([
             "--task", "responses", "--model", str(current), "--input", str(prompts), "--output", str(candidates),
@@ -182,6 +184,13 @@ def run(a) -> dict:
     return results
 
 
+def save_summary(path: Path, summary) -> None:
+    """Keep what a step printed (e.g. how many self-instructed prompts were tried and why they were
+    rejected) next to its output; only rank 0 gets a summary."""
+    if summary is not None:
+        write_json(path, summary)
+
+
 def iteration_data(it: Path) -> dict:
     """What an iteration produced: prompts kept, pairs, the judge's score histogram, answer length."""
     prompts = read_jsonl(it / "prompts.jsonl")
@@ -194,7 +203,9 @@ def iteration_data(it: Path) -> dict:
         m = row.get("mean_score")
         key = "none" if m is None else str(round(m))
         hist[key] = hist.get(key, 0) + 1
-    return {"prompts_kept": len(prompts), "candidates": len(texts), "pairs": len(pairs),
+    made = json.loads((it / "prompts_summary.json").read_text()) if (it / "prompts_summary.json").exists() else {}
+    return {"prompts_kept": len(prompts), "prompts_attempted": made.get("attempts"),
+            "prompts_rejected": made.get("rejected"), "candidates": len(texts), "pairs": len(pairs),
             "score_histogram": dict(sorted(hist.items())),
             "mean_response_chars": sum(map(len, texts)) / max(len(texts), 1),
             "pairs_vs_grader": pairs_vs_grader(pairs)}
@@ -229,6 +240,11 @@ def results_table(results: dict) -> str:
     def wtl(h):
         return "–" if not h else f"{pct(h['win'])}/{pct(h['tie'])}/{pct(h['loss'])}"
 
+    def kept(d):  # self-instructed prompts kept, of those the model wrote
+        if "prompts_kept" not in d:
+            return "–"
+        return f"{d['prompts_kept']} of {d['prompts_attempted']}" if d.get("prompts_attempted") else str(d["prompts_kept"])
+
     def atd(g):  # the pairs as the grader sees them: agree / tie / disagree / ungraded
         return "–" if not g or g["ungraded"] == sum(g.values()) else "/".join(str(g[k]) for k in g)
 
@@ -242,7 +258,7 @@ def results_table(results: dict) -> str:
             f"| {name.upper()} | {num(ift.get('mean_grade'), '{:.2f}')} | {pct(ift.get('exact_accuracy'))} "
             f"| {wtl(r.get('vs_previous'))} | {wtl(r.get('vs_m1'))} | {pct(rm.get('pairwise_accuracy'))} "
             f"| {pct(rm.get('exact_match'))} | {pct(rm.get('five_best'))} | {num(rm.get('spearman'))} "
-            f"| {num(rm.get('kendall_tau'))} | {pct(rm.get('parse_failure_rate'))} | {d.get('prompts_kept', '–')} "
+            f"| {num(rm.get('kendall_tau'))} | {pct(rm.get('parse_failure_rate'))} | {kept(d)} "
             f"| {d.get('pairs', '–')} | {atd(d.get('pairs_vs_grader'))} "
             f"| {num(ift.get('mean_response_chars'), '{:.1f}')} |")
     return "\n".join(lines)
