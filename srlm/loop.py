@@ -137,12 +137,18 @@ def run(a) -> dict:
         # or a fixed model ("base" = M0, or a checkpoint path) that keeps the prompt distribution
         # still across iterations, so that only the answers and judgements change.
         writer = {"current": current, "base": Path(a.base_model)}.get(s["prompt_model"], Path(s["prompt_model"]))
-        step(f"iteration {t}: self-instruct prompts", prompts, lambda: save_summary(it / "prompts_summary.json", generate.main([
-            "--task", "prompts", "--model", str(writer), "--seed-pool", str(a.seed_prompts), *pool,
-            "--num-prompts", str(s["num_prompts"]), "--output", str(prompts),
-            "--temperature", str(s["prompt_temperature"]), "--top-p", str(s["top_p"]),
-            "--max-new-tokens", str(s["prompt_max_new_tokens"]), "--similarity-threshold", str(s["similarity_threshold"]),
-            "--device", a.device, "--seed", seed])))
+
+        def self_instruct():
+            summary = generate.main([
+                "--task", "prompts", "--model", str(writer), "--seed-pool", str(a.seed_prompts), *pool,
+                "--num-prompts", str(s["num_prompts"]), "--output", str(prompts),
+                "--temperature", str(s["prompt_temperature"]), "--top-p", str(s["top_p"]),
+                "--max-new-tokens", str(s["prompt_max_new_tokens"]),
+                "--similarity-threshold", str(s["similarity_threshold"]), "--device", a.device, "--seed", seed])
+            if summary is not None:  # rank 0: how many prompts were tried, and why the others were rejected
+                write_json(it / "prompts_summary.json", summary)
+
+        step(f"iteration {t}: self-instruct prompts", prompts, self_instruct)
         generated_pools.append(prompts)
         step(f"iteration {t}: candidates", candidates, lambda: generate.main([
             "--task", "responses", "--model", str(current), "--input", str(prompts), "--output", str(candidates),
@@ -182,13 +188,6 @@ def run(a) -> dict:
     atomic_write_text(run_dir / "results.md", table + "\n")
     print(table)
     return results
-
-
-def save_summary(path: Path, summary) -> None:
-    """Keep what a step printed (e.g. how many self-instructed prompts were tried and why they were
-    rejected) next to its output; only rank 0 gets a summary."""
-    if summary is not None:
-        write_json(path, summary)
 
 
 def iteration_data(it: Path) -> dict:

@@ -182,7 +182,7 @@ def test_torchrun_two_ranks_match_one_process(model_dir, prompts_file, tmp_path)
     single, multi = tmp_path / "single.jsonl", tmp_path / "multi.jsonl"
     run_responses(model_dir, prompts_file, single, "--temperature", "0.7", "--device", "cpu")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", "29517", str(ROOT / "generate.py"),
+    cmd = [torchrun, "--nproc_per_node", "2", "--standalone", str(ROOT / "generate.py"),
            "--model", str(model_dir), "--task", "responses", "--input", str(prompts_file), "--output", str(multi),
            "--num-candidates", "2", "--max-new-tokens", "6", "--batch-size", "4", "--temperature", "0.7",
            "--device", "cpu"]

@@ -203,7 +203,7 @@ def test_whole_loop_under_torchrun_matches_one_process(micro):
     loop.main(loop_args(micro, run_a) + no_dropout)
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", "29541", "-m", "srlm.loop",
+    cmd = [torchrun, "--nproc_per_node", "2", "--standalone", "-m", "srlm.loop",
            *loop_args(micro, run_b), *no_dropout]
     proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
