@@ -216,3 +216,14 @@ def test_whole_loop_under_torchrun_matches_one_process(micro):
         assert rows(run_b, rel) == rows(run_a, rel), rel
     for k, v in weights(run_a / "iter2/model").items():
         torch.testing.assert_close(weights(run_b / "iter2/model")[k], v, rtol=0, atol=1e-5)
+
+
+def test_prompt_model_base_writes_prompts_with_m0(micro):
+    """--prompt-model base: M0, not the current model, writes every iteration's prompts (each row
+    records its writer), while candidates still come from the current model."""
+    run_dir = micro / "run_base_writer"
+    loop.main(loop_args(micro, run_dir) + ["--prompt-model", "base", "--iterations", "1", "--skip-eval"])
+    rows = read_jsonl(run_dir / "iter1/prompts.jsonl")
+    assert rows and {r["model"] for r in rows} == {str(micro / "m0")}
+    summary = json.loads((run_dir / "iter1/prompts_summary.json").read_text())
+    assert summary["written"] == len(rows) and summary["attempts"] >= len(rows)
