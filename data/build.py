@@ -22,7 +22,7 @@ grader), drawn from one seeded random.Random, so the same --seed rebuilds the sa
 No question of the held-out sets (compared by task, not wording: "What is 2 + 3?" and "Add 2 and
 3." are the same question) appears in the seed data or the corpus.
 
-    python data/build.py                 # everything, ~5 minutes on a 2-core CPU
+    python data/build.py                 # everything, ~7 minutes on a 2-core CPU
     python data/build.py --skip-model    # only the text files and the tokenizer (seconds)
 """
 from __future__ import annotations
