@@ -10,7 +10,8 @@ Meta directory: `params.json` + `consolidated.00.pth`, `consolidated.01.pth`, ..
 rank). Our names are Meta's; the shards are merged along the dimension each layer was split on.
 
 Loading never holds two copies of the weights: the model is built on the meta device, tensors are
-read one at a time from memory-mapped files, converted, and assigned in place.
+read one at a time from memory-mapped files, converted, and assigned in place. Under torchrun,
+load_hf_shards lets each rank read only the rows of its own FSDP2 shards.
 
     model = load_model("llama-2-7b-hf", dtype=torch.bfloat16)        # or Llama.from_pretrained
     save_hf(model.state_dict(), model.args, "out/m1", tokenizer_path="tokenizer.model")
@@ -133,20 +134,22 @@ def _open_safetensors(file: Path):
         raise CheckpointError(f"{file}: not a readable safetensors file (truncated or corrupt?): {e}") from None
 
 
-def _iter_hf_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor, Path]]:
+def _hf_weight_files(path: Path) -> list[Path]:
+    """model.safetensors, or the shards that model.safetensors.index.json lists."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise CheckpointError(f"{index}: malformed index ({e})") from None
-        files = sorted(set(weight_map.values()))
-    elif (path / "model.safetensors").is_file():
-        files = ["model.safetensors"]
-    else:
-        raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json found")
-    for fname in files:
-        file = path / fname
+        return [path / fname for fname in sorted(set(weight_map.values()))]
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json found")
+
+
+def _iter_hf_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor, Path]]:
+    for file in _hf_weight_files(path):
         f = _open_safetensors(file)
         for name in f.keys():
             try:
@@ -243,6 +246,21 @@ def _read_json(file: Path) -> dict:
         raise CheckpointError(f"{file}: malformed JSON ({e})") from None
 
 
+def _read_hf_config(path: Path) -> tuple[ModelArgs, bool]:
+    """ModelArgs and tie_word_embeddings from an HF directory's config.json."""
+    config = _read_json(path / "config.json")
+    return args_from_hf_config(config, path / "config.json"), config.get("tie_word_embeddings", False)
+
+
+def load_hf_args(path, **arg_overrides) -> ModelArgs:
+    """The ModelArgs of an HF directory, with the same overrides load_model takes."""
+    args, _ = _read_hf_config(Path(path))
+    for k, v in arg_overrides.items():
+        setattr(args, k, v)
+    args.__post_init__()
+    return args
+
+
 def load_model(path, dtype: torch.dtype = torch.float32, device="cpu", **arg_overrides) -> Llama:
     """Load an HF or Meta Llama directory into a Llama, one tensor at a time."""
     path = Path(path)
@@ -250,10 +268,8 @@ def load_model(path, dtype: torch.dtype = torch.float32, device="cpu", **arg_ove
         raise CheckpointError(f"{path}: checkpoint directory not found")
     if (path / "config.json").is_file():
         config_file = path / "config.json"
-        config = _read_json(config_file)
-        args = args_from_hf_config(config, config_file)
+        args, tie = _read_hf_config(path)
         tensors = _read_hf(path, args)
-        tie = config.get("tie_word_embeddings", False)
     elif (path / "params.json").is_file():
         config_file = path / "params.json"
         params = _read_json(config_file)
@@ -296,6 +312,78 @@ def load_model(path, dtype: torch.dtype = torch.float32, device="cpu", **arg_ove
 def _chain(*iterables):
     for it in iterables:
         yield from it
+
+
+def load_hf_shards(model: Llama, path) -> None:
+    """Fill `model`'s (FSDP2-sharded) parameters in place with this rank's rows of an HF checkpoint.
+
+    Under FSDP2 each parameter is a DTensor cut along dim 0 the way torch.chunk cuts it: with n rows
+    and `world` ranks, `per_rank = ceil(n / world)` and rank r owns the rows
+    [min(r * per_rank, n), min((r + 1) * per_rank, n)), so the last ranks may own fewer, or none.
+    Each rank reads just those rows from the memory-mapped files (safetensors get_slice), so no
+    process ever holds the whole model. A plain tensor (no FSDP) is the case world = 1.
+
+    wq and wk: HF permutes the rows within each head (permute_hf_to_meta), so our rows [a, b) come
+    from the whole heads that cover them. With head size hd we read heads h0 = a // hd up to
+    h1 = ceil(b / hd), i.e. HF rows [h0 * hd, h1 * hd), permute those h1 - h0 heads, and keep rows
+    [a - h0 * hd, b - h0 * hd). Names, dtype conversion and errors are those of load_model.
+    """
+    from torch.distributed.tensor import DTensor, Shard
+
+    path = Path(path)
+    args, tie = _read_hf_config(path)
+    params = dict(model.named_parameters())
+    # Check every key and shape (headers only) before reading a row, so all ranks fail alike.
+    found = {}  # our name -> (open file, its path, HF name)
+    for file in _hf_weight_files(path):
+        f = _open_safetensors(file)
+        for name in f.keys():
+            if _HF_IGNORED.fullmatch(name):
+                continue
+            ours = hf_to_ours(name)
+            if ours is None:
+                raise CheckpointError(f"{file}: unexpected key {name!r} (not a Llama weight)")
+            if ours not in params:
+                raise CheckpointError(f"{file}: unexpected key {ours!r}")
+            shape = tuple(f.get_slice(name).get_shape())
+            if shape != tuple(params[ours].shape):
+                raise CheckpointError(f"{file}: {ours} has shape {shape} but config.json implies "
+                                      f"{tuple(params[ours].shape)}; the config contradicts the weights")
+            found[ours] = (f, file, name)
+    if tie and "output.weight" not in found and "tok_embeddings.weight" in found:
+        found["output.weight"] = found["tok_embeddings.weight"]
+    missing = [k for k in params if k not in found]
+    if missing:
+        raise CheckpointError(f"{path}: missing {len(missing)} weight(s), e.g. {missing[:5]}")
+
+    with torch.no_grad():
+        for ours, p in params.items():
+            f, file, name = found[ours]
+            if isinstance(p, DTensor):
+                if p.placements != (Shard(0),):
+                    raise ValueError(f"{ours}: expected FSDP's Shard(0) placement, got {p.placements}")
+                local, rank, world = p.to_local(), p.device_mesh.get_local_rank(), p.device_mesh.size()
+            else:
+                local, rank, world = p.data, 0, 1
+            n, per_rank = p.shape[0], -(-p.shape[0] // world)
+            a, b = min(rank * per_rank, n), min((rank + 1) * per_rank, n)  # this rank's global rows [a, b)
+            if local.shape[0] != b - a:
+                raise ValueError(f"{ours}: {local.shape[0]} local rows, not torch.chunk's {b - a} rows [{a}, {b})")
+            if a == b:
+                continue  # an empty shard on one of the last ranks
+            heads = (args.n_heads if ours.endswith("attention.wq.weight") else
+                     args.n_kv_heads if ours.endswith("attention.wk.weight") else None)
+            try:
+                if heads is None:
+                    rows = f.get_slice(name)[a:b]
+                else:  # whole heads h0 .. h1-1, permuted, then cut to [a, b)
+                    hd = n // heads
+                    h0, h1 = a // hd, -(-b // hd)
+                    rows = permute_hf_to_meta(f.get_slice(name)[h0 * hd: h1 * hd], h1 - h0)
+                    rows = rows[a - h0 * hd: b - h0 * hd]
+            except Exception as e:
+                raise CheckpointError(f"{file}: cannot read tensor {name!r} (truncated or corrupt?): {e}") from None
+            local.copy_(rows)  # converts to the parameter's dtype and device
 
 
 # ---- saving ----

@@ -14,8 +14,9 @@ One step, whatever the stage:
 
 Distributed: under torchrun every transformer block is sharded with FSDP2 `fully_shard`, then
 the root (the LogprobModel wrapper, which owns the embeddings, final norm and output head). The
-model is built on the meta device and only each rank's shards are allocated, filled from the one
-full CPU copy that rank 0 reads or initialises (build_sharded_model). FSDP averages gradients over
+model is built on the meta device and only each rank's shards are allocated; each rank reads its
+own rows of a Hugging Face checkpoint, while fresh weights and Meta checkpoints come from the one
+full CPU copy that rank 0 initialises or reads (build_sharded_model). FSDP averages gradients over
 ranks; each rank's loss is multiplied by world_size to undo that. With several micro-batches per
 step, gradients are reduce-scattered once, in the last backward (step_losses).
 On GPU, bf16 mixed precision keeps fp32 master weights (FSDP MixedPrecisionPolicy, or autocast
@@ -219,11 +220,17 @@ def fresh_model_args(spec: str, tokenizer: Tokenizer, overrides: dict) -> ModelA
     return ModelArgs.preset(spec, vocab_size=tokenizer.vocab_size, **overrides)
 
 
-def build_model(cfg: TrainConfig, tokenizer: Tokenizer, source: Optional[Path]) -> Llama:
-    """The model to train, on the CPU in fp32: from `source` (an HF dir) or fresh from cfg.model_config."""
+def _arg_overrides(cfg: TrainConfig) -> dict:
+    """ModelArgs fields the command line sets on top of the checkpoint's or preset's."""
     overrides = {"dropout": cfg.dropout}
     if cfg.attn_impl is not None:
         overrides["attn_impl"] = cfg.attn_impl
+    return overrides
+
+
+def build_model(cfg: TrainConfig, tokenizer: Tokenizer, source: Optional[Path]) -> Llama:
+    """The model to train, on the CPU in fp32: from `source` (an HF dir) or fresh from cfg.model_config."""
+    overrides = _arg_overrides(cfg)
     if source is not None:
         return Llama.from_pretrained(source, dtype=torch.float32, device="cpu", **overrides)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -246,28 +253,43 @@ def build_sharded_model(cfg: TrainConfig, tokenizer: Tokenizer, source: Optional
                         world_size: int, dtype: torch.dtype) -> LogprobModel:
     """Under torchrun: the FSDP2-sharded model, without ever putting the full model on a device.
 
-    1. Rank 0 alone builds the full fp32 model on the CPU, exactly as one process would
-       (build_model: read from `source`, or fresh weights from the seed), so N processes start
-       from the very same weights as one. The others only learn its ModelArgs.
+    1. Every rank learns the ModelArgs: from `source`'s config.json when it is a Hugging Face
+       directory (--init, or the resumable checkpoint); otherwise rank 0 alone builds the full
+       fp32 model on the CPU exactly as one process would (build_model: a Meta checkpoint, or
+       fresh weights from the seed) and sends the others its ModelArgs.
     2. Every rank builds the same architecture on the `meta` device (shapes, no memory), shards
        it with fully_shard, and allocates just its own shards on `device` with to_empty.
-    3. set_model_state_dict(broadcast_from_rank0=True) sends rank 0's tensors one at a time; each
-       rank copies its slice into its shards. Peak device memory: the shards plus one full tensor.
+    3. The shards are filled with the very weights one process would load:
+       - HF: every rank reads only the rows it owns from the safetensors files (load_hf_shards),
+         so no process holds the full model;
+       - otherwise set_model_state_dict(broadcast_from_rank0=True) sends rank 0's tensors one at
+         a time and each rank copies its slice. Peak memory: rank 0's full CPU copy, plus one
+         full tensor on each device.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    full = build_model(cfg, tokenizer, source) if sdist.is_main() else None
-    args = ModelArgs(**sdist.broadcast_object(full.args.to_dict() if full is not None else None))
+    from srlm.checkpoint import load_hf_args, load_hf_shards
+
+    per_rank = source is not None and (source / "config.json").is_file()
+    if per_rank:
+        full, args = None, load_hf_args(source, **_arg_overrides(cfg))
+    else:
+        full = build_model(cfg, tokenizer, source) if sdist.is_main() else None
+        args = ModelArgs(**sdist.broadcast_object(full.args.to_dict() if full is not None else None))
     with torch.device("meta"):
         model = Llama(args)
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(model)
     wrapped = LogprobModel(model, impl=cfg.logprob_impl)
     shard_model(wrapped, device, world_size, dtype)
-    wrapped.to_empty(device=device)  # this rank's shards, uninitialised until the next line fills them
-    state = {f"model.{k}": v for k, v in full.state_dict().items()} if full is not None else {}
-    set_model_state_dict(wrapped, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-    del full, state
+    wrapped.to_empty(device=device)  # this rank's shards, uninitialised until the next lines fill them
+    if per_rank:
+        load_hf_shards(model, source)
+    else:
+        state = {f"model.{k}": v for k, v in full.state_dict().items()} if full is not None else {}
+        set_model_state_dict(wrapped, state,
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        del full, state
     # The rotary table is a plain attribute, neither parameter nor buffer, so to_empty skipped it
     # (and it has no place in a state dict). Recompute it on the target device to be sure it holds
     # real values, never meta or uninitialised memory.
@@ -535,7 +557,7 @@ def train(cfg: TrainConfig) -> dict:
         shutil.rmtree(work)
     sdist.barrier()
     source = ckpt_dir / "model" if resuming else (Path(cfg.init) if cfg.init else None)
-    if world > 1:  # meta device + FSDP2 shards, filled from rank 0's full model
+    if world > 1:  # meta device + FSDP2 shards (build_sharded_model)
         wrapped = build_sharded_model(cfg, tokenizer, source, device, world, dtype)
         model = wrapped.model
     else:

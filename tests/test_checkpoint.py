@@ -232,3 +232,36 @@ def test_error_corrupt_meta_shard(tmp_path):
     (tmp_path / "meta" / "consolidated.01.pth").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match=r"consolidated\.01\.pth"):
         Llama.from_pretrained(tmp_path / "meta")
+
+
+# ---- load_hf_shards: the per-rank loader of torchrun training, here in one process (world = 1) ----
+def load_per_rank(path):
+    from srlm.checkpoint import load_hf_args, load_hf_shards
+
+    with torch.device("meta"):
+        model = Llama(load_hf_args(path))
+    model.to_empty(device="cpu")
+    load_hf_shards(model, path)
+    return model
+
+
+@pytest.mark.parametrize("layout", ["single", "sharded", "bf16"])
+def test_load_hf_shards_equals_load_model(tmp_path, layout):
+    tiny_model().save_pretrained(tmp_path / "ckpt", max_shard_bytes=40_000 if layout == "sharded" else 2**30,
+                                 dtype=torch.bfloat16 if layout == "bf16" else None)
+    ours, ref = load_per_rank(tmp_path / "ckpt").state_dict(), Llama.from_pretrained(tmp_path / "ckpt").state_dict()
+    assert ours.keys() == ref.keys()
+    for k in ref:
+        assert ours[k].dtype == torch.float32 and torch.equal(ours[k], ref[k]), k
+
+
+@pytest.mark.parametrize("edit, error", [
+    (lambda t: t.pop("model.layers.1.mlp.up_proj.weight"), r"missing 1 weight.*layers\.1\.feed_forward\.w3"),
+    (lambda t: t.update({"model.layers.0.extra.weight": torch.zeros(2)}),
+     r"model\.safetensors.*unexpected key 'model\.layers\.0\.extra\.weight'"),
+    (lambda t: t.update({"model.norm.weight": torch.ones(65)}), r"model\.safetensors.*norm\.weight has shape \(65,\)"),
+])
+def test_load_hf_shards_errors(saved, edit, error):
+    resave(saved, edit)
+    with pytest.raises(CheckpointError, match=error):
+        load_per_rank(saved)

@@ -5,6 +5,7 @@ Run: python -m pytest -q tests/test_train.py
 """
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -221,6 +222,79 @@ def test_torchrun_fresh_weights_and_gradient_accumulation(setup, tmp_path, reduc
     losses = lambda d: [r["loss"] for r in read_jsonl(d / "metrics.jsonl") if not r.get("summary")]
     assert losses(two) == pytest.approx(losses(one), rel=1e-5) and s1["steps"] == 2
     assert_same_weights(one, two, atol=1e-5)
+
+
+# Under torchrun: build_sharded_model on each HF dir given (never building the full model), then the
+# shards gathered back on rank 0 must equal load_model's weights exactly; a CheckpointError is
+# recorded instead where one is raised.
+SHARDED_LOAD = """
+import json, os, sys
+from pathlib import Path
+import torch
+from srlm import dist
+from srlm.checkpoint import CheckpointError, load_model
+from srlm import trainer
+from srlm.trainer import TrainConfig, build_sharded_model, full_model_state
+
+trainer.build_model = lambda *a, **k: sys.exit("no rank may build the full model from an HF checkpoint")
+rank, world, device = dist.init_distributed("cpu")
+results = {}
+for path in sys.argv[1:]:
+    cfg = TrainConfig(stage="sft", data=[], out="unused", init=path, dropout=0.0)
+    try:
+        wrapped = build_sharded_model(cfg, None, Path(path), device, world, torch.float32)
+    except CheckpointError as e:
+        results[path] = f"CheckpointError: {e}"
+        continue
+    wq = wrapped.model.layers[0].attention.wq.weight.to_local()
+    state = full_model_state(wrapped)
+    if rank == 0:
+        ref = load_model(path).state_dict()
+        results[path] = {"keys_equal": state.keys() == ref.keys(), "wq_rows": wq.shape[0],
+                         "differ": [k for k in ref if not torch.equal(state.get(k, torch.empty(0)), ref[k])]}
+    else:
+        results[path] = {"wq_rows": wq.shape[0]}
+dist.cleanup()
+with open(os.environ["RESULTS"] + "." + os.environ["RANK"], "w") as f:
+    json.dump(results, f)
+"""
+
+
+def test_torchrun_each_rank_reads_its_own_rows(tmp_path):
+    """2 gloo processes load HF checkpoints shard by shard (srlm.checkpoint.load_hf_shards).
+
+    3 heads of 16 rows: each rank owns 24 rows of wq, so the cut falls inside head 1 and both ranks
+    must permute a whole head before cutting; wk (1 KV head) is cut inside its only head; the
+    101-row embedding splits 51 / 50. Single file, several files, tied embeddings, a missing key.
+    """
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    model = Llama(ModelArgs(dim=48, n_layers=2, n_heads=3, n_kv_heads=1, vocab_size=101, hidden_dim=40,
+                            max_seq_len=32))
+    assert (model.args.dim // 2) % model.args.head_dim != 0  # the shard boundary is inside a head
+    save_hf(model.state_dict(), model.args, tmp_path / "single")
+    save_hf(model.state_dict(), model.args, tmp_path / "sharded", max_shard_bytes=20_000)
+    assert len(list((tmp_path / "sharded").glob("model-*.safetensors"))) > 2
+    for name, edit in [("tied", "lm_head.weight"), ("missing", "model.layers.1.self_attn.k_proj.weight")]:
+        save_hf(model.state_dict(), model.args, tmp_path / name)
+        tensors = load_file(tmp_path / name / "model.safetensors")
+        tensors.pop(edit)
+        save_file(tensors, tmp_path / name / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((tmp_path / "tied" / "config.json").read_text())
+    (tmp_path / "tied" / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+
+    script = tmp_path / "sharded_load.py"
+    script.write_text(SHARDED_LOAD)
+    dirs = [str(tmp_path / name) for name in ("single", "sharded", "tied", "missing")]
+    torchrun(dirs, tmp_path, script=script, env={"RESULTS": str(tmp_path / "results")})
+    rank0, rank1 = (json.loads((tmp_path / f"results.{r}").read_text()) for r in (0, 1))
+    for d in dirs[:3]:
+        assert rank0[d] == {"keys_equal": True, "wq_rows": 24, "differ": []}, d
+        assert rank1[d] == {"wq_rows": 24}, d
+    for ranks in (rank0, rank1):
+        assert re.fullmatch(r"CheckpointError: .*missing 1 weight.*layers\.1\.attention\.wk\.weight.*",
+                            ranks[dirs[3]]), ranks[dirs[3]]
 
 
 def test_activation_checkpointing_and_bf16(setup):
