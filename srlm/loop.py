@@ -97,6 +97,9 @@ def run(a) -> dict:
     if dist.is_main():
         write_json(run_dir / "settings.json", {**vars(a), **s})
     common = ["--device", a.device, "--seed", str(a.seed)]
+    # M0's tokenizer, where its directory has none (Meta's download keeps tokenizer.model beside
+    # the weights' folder). SFT copies it into M1, so every later model carries its own.
+    tokenizer = ["--tokenizer", str(a.tokenizer)] if a.tokenizer else []
 
     def evaluate(model_dir: Path, name: str) -> dict:
         if a.skip_eval:
@@ -115,7 +118,7 @@ def run(a) -> dict:
     step("SFT (M0 -> M1)", m1 / "metrics.jsonl", lambda: train.main([
         "--stage", "sft", "--init", str(a.base_model), "--data", str(a.ift), str(a.eft), "--out", str(m1),
         "--lr", str(s["sft_lr"]), "--min-lr", str(s["sft_min_lr"]), "--epochs", str(s["sft_epochs"]),
-        "--batch-size", str(s["sft_batch_size"]), "--dropout", str(s["sft_dropout"]), *common]))
+        "--batch-size", str(s["sft_batch_size"]), "--dropout", str(s["sft_dropout"]), *tokenizer, *common]))
     models = [("m1", m1)]
     results = {"m1": evaluate(m1, "m1")}
 
@@ -141,6 +144,7 @@ def run(a) -> dict:
         def self_instruct():
             summary = generate.main([
                 "--task", "prompts", "--model", str(writer), "--seed-pool", str(a.seed_prompts), *pool,
+                *(tokenizer if writer == Path(a.base_model) else []),
                 "--num-prompts", str(s["num_prompts"]), "--output", str(prompts),
                 "--temperature", str(s["prompt_temperature"]), "--top-p", str(s["top_p"]),
                 "--max-new-tokens", str(s["prompt_max_new_tokens"]),
@@ -267,6 +271,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", default="runs/default", help="where every artifact of the run goes")
     p.add_argument("--base-model", default=str(DATA / "m0"), help="M0: an HF or Meta Llama checkpoint directory")
+    p.add_argument("--tokenizer", help="M0's tokenizer.model, if its directory has none (e.g. Meta's download)")
     p.add_argument("--ift", default=str(DATA / "ift.jsonl"), help="IFT seed: rows {prompt, response}")
     p.add_argument("--eft", default=str(DATA / "eft.jsonl"), help="EFT seed: judge prompts with judgements")
     p.add_argument("--seed-prompts", default=str(DATA / "seed_prompts.jsonl"), help="self-instruction seed pool")

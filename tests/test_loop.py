@@ -227,3 +227,24 @@ def test_prompt_model_base_writes_prompts_with_m0(micro):
     assert rows and {r["model"] for r in rows} == {str(micro / "m0")}
     summary = json.loads((run_dir / "iter1/prompts_summary.json").read_text())
     assert summary["written"] == len(rows) and summary["attempts"] >= len(rows)
+
+
+def test_meta_format_base_model_with_separate_tokenizer(micro, tmp_path):
+    """M0 in Meta's layout (params.json + consolidated.00.pth, no tokenizer.model inside, as Meta
+    ships it): --tokenizer supplies it; SFT turns M0 into an HF M1 that carries the tokenizer on."""
+    from srlm.checkpoint import load_model
+
+    m0 = load_model(micro / "m0")
+    meta = tmp_path / "m0_meta"
+    meta.mkdir()
+    torch.save(m0.state_dict(), meta / "consolidated.00.pth")
+    a = m0.args
+    (meta / "params.json").write_text(json.dumps(dict(
+        dim=a.dim, n_layers=a.n_layers, n_heads=a.n_heads, n_kv_heads=a.n_kv_heads, vocab_size=-1,
+        multiple_of=16, ffn_dim_multiplier=None, norm_eps=a.norm_eps)))  # micro's FFN rule: 96 wide
+    run_dir = tmp_path / "run"
+    args = loop_args(micro, run_dir) + ["--iterations", "1", "--skip-eval", "--prompt-model", "base"]
+    args[args.index("--base-model") + 1] = str(meta)
+    loop.main(args + ["--tokenizer", str(DATA / "tokenizer.model")])
+    assert (run_dir / "m1" / "tokenizer.model").is_file() and (run_dir / "iter1/model/config.json").is_file()
+    assert {r["model"] for r in read_jsonl(run_dir / "iter1/prompts.jsonl")} == {str(meta)}
