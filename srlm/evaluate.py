@@ -61,14 +61,13 @@ def instruction_following(model, tokenizer, eval_prompts: list[dict], max_new_to
 
 def reward_modelling(model, tokenizer, eval_groups: list[dict], template: str, max_new_tokens: int,
                      batch_size: int, score_pattern: str | None = None) -> tuple[dict, list[dict]]:
-    flat = [(gi, judge_prompt(g["prompt"], reply, template))
-            for gi, g in enumerate(eval_groups) for reply in g["replies"]]
+    flat = [judge_prompt(g["prompt"], reply, template) for g in eval_groups for reply in g["replies"]]
     judge_fn = make_model_judge(model, tokenizer, max_new_tokens=max_new_tokens, temperature=0.0,
                                 batch_size=batch_size)  # greedy: the same judge judge.py runs, made deterministic
-    texts = judge_fn([p for _, p in flat])
+    texts = judge_fn(flat)  # every reply of every group, in order
     scores = [parse_score(t, score_pattern) for t in texts]
     groups, rows, k = [], [], 0
-    for gi, g in enumerate(eval_groups):
+    for g in eval_groups:
         n = len(g["replies"])
         groups.append({"ranks": g["ranks"], "scores": scores[k : k + n]})
         rows.append({"prompt": g["prompt"], "ranks": g["ranks"], "scores": scores[k : k + n],
