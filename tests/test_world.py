@@ -280,7 +280,7 @@ def test_data_fields_counts_and_disjointness():
     scores = Counter()
     eft_tasks = []
     for r in eft:
-        m = re.search(r"\nQuestion: (.*)\nAnswer: (.*?)\nGive one short reason", r["prompt"], re.S)
+        m = re.search(r"\nQuestion: (.*)\nAnswer: (.*?)\nGive one short reason", r["prompt"], re.DOTALL)
         task = parse_task(m.group(1))
         s = int(r["response"].rsplit("Score: ", 1)[1])
         assert grade(task, m.group(2)) == s
