@@ -4,6 +4,7 @@ Triton kernels run on CPU through the interpreter: TRITON_INTERPRET must be set 
 `triton` is first imported, which is why it happens here, at collection time.
 """
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,3 +34,40 @@ def shared_file(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared reference file not found: {path}")
     return path
+
+
+# ---------------------------------------------------------------- kernels: GPU code without a GPU
+# The Triton interpreter runs kernels on CPU tensors but never lowers them to GPU code, so errors
+# only the real compiler sees (layouts, dot shapes, constexpr misuse) would slip past it. The
+# fixture `hopper_compile(body)` runs `body` in a fresh interpreter without TRITON_INTERPRET, after
+# a prelude defining build(kernel, pointers, constants, config=None) -> the kernel compiled for
+# sm_90a (its .asm["ptx"]): `pointers` maps argument names to pointer types ("*bf16"), `constants`
+# and the config's kwargs are constexprs, other arguments i32 (fp32 for names ending in "scale").
+# The body prints "compiled" at its end.
+PRELUDE = r'''
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.runtime.autotuner import Autotuner
+
+def build(kernel, pointers, constants, config=None):
+    fn = kernel.fn if isinstance(kernel, Autotuner) else kernel  # the @triton.jit function
+    constants = {**constants, **(config.kwargs if config else {})}
+    sig = {n: "constexpr" if n in constants else pointers.get(n, "fp32" if n.endswith("scale") else "i32")
+           for n in fn.arg_names}
+    opts = {"num_warps": config.num_warps, "num_stages": config.num_stages} if config else {}
+    return triton.compile(ASTSource(fn, sig, constexprs=constants), target=GPUTarget("cuda", 90, 32), options=opts)
+'''
+
+
+@pytest.fixture
+def hopper_compile():
+    pytest.importorskip("triton.backends.compiler")
+
+    def run(body: str) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        proc = subprocess.run([sys.executable, "-c", PRELUDE + body], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
+
+    return run
