@@ -142,7 +142,6 @@ def bench_attention(args, records):
         (tf, ta), (sf, sa) = result["triton"], result["sdpa_flash"]
         rows.append([str(T), str(B), f"{tf:.0f}", f"{sf:.0f}", f"{tf / sf:.2f}x", f"{ta:.0f}", f"{sa:.0f}",
                      f"{ta / sa:.2f}x"])
-        del q, k, v, do
         torch.cuda.empty_cache()
     print_table(f"Attention, causal, {args.dtype}, heads {args.heads}, head_dim {args.head_dim}, "
                 f"batch x seq = {args.tokens_attn} (TFLOP/s)",

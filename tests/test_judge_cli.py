@@ -163,6 +163,7 @@ def test_main_eval_writes_metrics(tiny_model_dir, tmp_path, capsys):
     metrics = judge.main(["--eval", "--model", str(tiny_model_dir), "--input", str(groups), "--k", "1",
                           "--template", "compact", "--max-new-tokens", "4", "--device", "cpu"])
     saved = json.loads((tmp_path / "eval_metrics.json").read_text())
+    assert saved == metrics   # what main returns is what it wrote
     assert set(saved) >= {"pairwise_accuracy", "exact_match", "five_best", "spearman", "kendall_tau",
                           "parse_failure_rate", "groups", "replies_unscored"}
     assert saved["replies_unscored"] == round(5 * saved["parse_failure_rate"])   # K = 1

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from srlm.model import (Attention, FeedForward, Llama, ModelArgs, RMSNorm, apply_rotary_emb, attention,
+from srlm.model import (FeedForward, Llama, ModelArgs, RMSNorm, apply_rotary_emb, attention,
                         causal_mask, precompute_freqs_cis, repeat_kv)
 
 
