@@ -21,6 +21,7 @@ Every problem with the files is a CheckpointError naming the file and key.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -82,11 +83,30 @@ def permute_hf_to_meta(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 # ---- configs ----
+def _check_types(config: dict, source: Path, ints=(), floats=(), any_int=()) -> None:
+    """Keys given with a wrong type are named here, not deep inside ModelArgs' arithmetic."""
+    for key in (*ints, *any_int, *floats):
+        value = config.get(key)
+        if value is None:
+            continue
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        if key in any_int and not is_int:
+            raise CheckpointError(f"{source}: key {key!r} must be an integer, got {value!r}")
+        if key in ints and not (is_int and value > 0):
+            raise CheckpointError(f"{source}: key {key!r} must be a positive integer, got {value!r}")
+        if key in floats and not ((is_int or isinstance(value, float)) and math.isfinite(value) and value > 0):
+            raise CheckpointError(f"{source}: key {key!r} must be a positive number, got {value!r}")
+
+
 def args_from_hf_config(config: dict, source: Path) -> ModelArgs:
     def need(key):
         if key not in config:
             raise CheckpointError(f"{source}: missing key {key!r}")
         return config[key]
+
+    _check_types(config, source, ints=("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                       "num_key_value_heads", "vocab_size", "intermediate_size",
+                                       "max_position_embeddings"), floats=("rms_norm_eps", "rope_theta"))
 
     if config.get("model_type", "llama") != "llama":
         raise CheckpointError(f"{source}: model_type is {config['model_type']!r}, expected 'llama'")
@@ -140,9 +160,18 @@ def _hf_weight_files(path: Path) -> list[Path]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            files = sorted(set(weight_map.values()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{index}: malformed index ({e})") from None
-        return [path / fname for fname in sorted(set(weight_map.values()))]
+        for fname in files:
+            # Shards live inside the checkpoint folder: a name that leaves it ("../x", "/x") is
+            # refused. Checked on the name, not the resolved path: the Hugging Face cache keeps
+            # shards as symlinks to blobs elsewhere, and those are fine.
+            if not isinstance(fname, str) or os.path.isabs(fname) or \
+                    os.path.normpath(fname).split(os.sep)[0] in ("..", ""):
+                raise CheckpointError(f"{index}: weight_map names the file {fname!r}, which is not inside "
+                                      f"the checkpoint folder {path}")
+        return [path / fname for fname in files]
     if (path / "model.safetensors").is_file():
         return [path / "model.safetensors"]
     raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json found")
@@ -226,6 +255,8 @@ def _read_meta(path: Path) -> Iterator[tuple[str, torch.Tensor, Path]]:
 def args_from_meta_params(params: dict, source: Path, vocab_size: int) -> ModelArgs:
     known = {"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier",
              "norm_eps", "rope_theta", "max_seq_len"}
+    _check_types(params, source, ints=("dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of", "max_seq_len"),
+                 any_int=("vocab_size",), floats=("ffn_dim_multiplier", "norm_eps", "rope_theta"))
     kwargs = {k: v for k, v in params.items() if k in known and v is not None}
     for key in ("dim", "n_layers", "n_heads"):
         if key not in kwargs:
@@ -241,9 +272,14 @@ def args_from_meta_params(params: dict, source: Path, vocab_size: int) -> ModelA
 # ---- loading ----
 def _read_json(file: Path) -> dict:
     try:
-        return json.loads(file.read_text())
+        config = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{file}: malformed JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{file}: expected a JSON object of settings, got a {type(config).__name__}")
+    return config
 
 
 def _read_hf_config(path: Path) -> tuple[ModelArgs, bool]:
@@ -298,6 +334,7 @@ def load_model(path, dtype: torch.dtype = torch.float32, device="cpu", **arg_ove
             raise CheckpointError(f"{file}: {name} has shape {tuple(tensor.shape)} but {config_file.name} implies "
                                   f"{tuple(expected[name])}; the config contradicts the weights")
         state[name] = tensor.to(device=device, dtype=dtype)
+        _check_finite(state[name], name, file)
     if tie and "output.weight" not in state and "tok_embeddings.weight" in state:
         state["output.weight"] = state["tok_embeddings.weight"]
     missing = [k for k in expected if k not in state]
@@ -307,6 +344,13 @@ def load_model(path, dtype: torch.dtype = torch.float32, device="cpu", **arg_ove
     tok = path / "tokenizer.model"
     model.tokenizer_path = str(tok) if tok.is_file() else None
     return model
+
+
+def _check_finite(tensor: torch.Tensor, name: str, file) -> None:
+    """NaN or inf in the weights (flipped bytes, a diverged run) would only show as garbage text."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise CheckpointError(f"{file}: tensor {name!r} holds non-finite values (NaN or inf); "
+                              f"the file is corrupt or the run that wrote it diverged")
 
 
 def _chain(*iterables):
@@ -383,6 +427,7 @@ def load_hf_shards(model: Llama, path) -> None:
                     rows = rows[a - h0 * hd: b - h0 * hd]
             except Exception as e:
                 raise CheckpointError(f"{file}: cannot read tensor {name!r} (truncated or corrupt?): {e}") from None
+            _check_finite(rows, name, file)
             local.copy_(rows)  # converts to the parameter's dtype and device
 
 

@@ -3,7 +3,10 @@
 Every long job in srlm writes its results through these functions, so that
 - a malformed input line fails with an error naming the file and the line number, and
 - an output file is either the old version or the complete new one, never half written
-  (write to a temporary file in the same folder, fsync, then rename over the target).
+  (write to a temporary file in the same folder, fsync, then rename over the target), and gets
+  the permissions the user's umask gives any new file (mkstemp alone would make it 0600);
+- a resumable log killed in the middle of an append loses only its torn last line: readers
+  drop it, and the next append cuts it off first, so it never ends up in the middle of the log.
 
     from srlm.io import read_jsonl, write_jsonl
     rows = read_jsonl("prompts.jsonl", required=("prompt",))
@@ -23,31 +26,52 @@ class DataError(ValueError):
     """Bad input data; the message names the file (and line or key) at fault."""
 
 
+def _lines(path: Path) -> list[bytes]:
+    """The raw lines of a file, each with its b"\\n" (the last one may lack it)."""
+    with open(path, "rb") as f:
+        return f.read().splitlines(keepends=True)
+
+
+def _decode(line: bytes, path: Path, lineno: int) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {e.start + 1} of the line); "
+                        f"save the file as UTF-8") from None
+
+
 def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[dict]:
     """Read a JSON-lines file into a list of dicts; blank lines are skipped.
 
-    Raises DataError naming the file and 1-based line number for a line that is not a JSON
-    object or lacks one of the `required` keys, and for a missing file.
+    Raises DataError naming the file and 1-based line number for a line that is not UTF-8, not
+    a JSON object or lacks one of the `required` keys, and for a missing file.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise DataError(f"{path}:{lineno}: missing required field(s) {missing}")
-            rows.append(row)
+    for lineno, raw in enumerate(_lines(path), start=1):
+        line = _decode(raw, path, lineno)
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise DataError(f"{path}:{lineno}: missing required field(s) {missing}")
+        rows.append(row)
     return rows
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -56,6 +80,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # what open(path, "w") would have given the file
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -96,10 +121,12 @@ def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     """Append rows to a JSONL log (metrics, partial results) and flush them to disk.
 
     Used for resumable jobs: each finished unit of work is appended as one complete line, so
-    after a kill at most the last, partial line is lost; `read_jsonl_partial` ignores it.
+    after a kill at most the last, partial line is lost; `read_jsonl_partial` ignores it, and
+    this function cuts it off before appending (else it would end up in the middle of the log).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    drop_torn_tail(path)
     with open(path, "a", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -107,21 +134,59 @@ def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
         os.fsync(f.fileno())
 
 
+def drop_torn_tail(path: str | os.PathLike) -> int:
+    """Cut a torn last line (no newline at its end: a kill in the middle of an append) off a log.
+
+    Returns the number of bytes removed. Every complete line of a log ends with "\n", so
+    whatever follows the last newline is the unfinished write of a killed process.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        end = size
+        while end > 0:  # scan back in blocks for the last newline
+            start = max(0, end - 65536)
+            f.seek(start)
+            block = f.read(end - start)
+            nl = block.rfind(b"\n")
+            if nl >= 0:
+                keep = start + nl + 1
+                break
+            end = start
+        else:
+            keep = 0
+        if keep < size:
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+    return size - keep
+
+
 def read_jsonl_partial(path: str | os.PathLike) -> list[dict]:
-    """Read a resumable JSONL log: missing file -> [], a torn last line (from a kill) is dropped."""
+    """Read a resumable JSONL log: missing file -> [], a torn last line (from a kill) is dropped.
+
+    The torn line is one without its final newline (`append_jsonl` writes whole lines; a kill
+    can cut one anywhere, even inside a UTF-8 character), or a last line that does not parse.
+    Malformed JSON anywhere else is a DataError naming the line.
+    """
     path = Path(path)
     if not path.is_file():
         return []
+    lines = _lines(path)
+    if lines and not lines[-1].endswith(b"\n"):
+        lines.pop()  # torn final line from an interrupted write
     rows = []
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
+    for i, raw in enumerate(lines):
         try:
+            line = _decode(raw, path, i + 1)
+            if not line.strip():
+                continue
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:  # torn final line from an interrupted write
+        except (json.JSONDecodeError, DataError):
+            if i == len(lines) - 1:  # a last line that was torn and then ended by a newline
                 break
-            raise DataError(f"{path}:{i + 1}: malformed JSON in the middle of a log file") from None
+            raise DataError(f"{path}:{i + 1}: malformed JSON (or not UTF-8) in the middle of a log "
+                            f"file; delete the file to start this step over") from None
     return rows

@@ -215,11 +215,18 @@ def aggregate_scores(scores_per_judgement: Sequence[float | None], min_valid: in
     return sum(valid) / len(valid)
 
 
+def is_score(value) -> bool:
+    """A score a judgement can have: a real number in [0, 5] (not a bool, not NaN or inf)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and 0.0 <= value <= MAX_SCORE)
+
+
 def build_pair(prompt: str, candidates: Sequence[str], scores: Sequence[float | None],
                id: str | None = None) -> dict | None:
     """One AIFT preference pair from scored candidates, or None when there is no preference.
 
-    - candidates whose score is None (too few valid judgements) are left out;
+    - candidates whose score is None (too few valid judgements) are left out, and so are scores
+      that are not a number in [0, 5] (NaN, inf, 9: never parsed, so they cannot rank anything);
     - identical texts (after stripping whitespace) are one answer: their scores are averaged,
       so chosen and rejected can never be the same text;
     - chosen = highest score, rejected = lowest; among equal scores the earliest candidate;
@@ -230,7 +237,7 @@ def build_pair(prompt: str, candidates: Sequence[str], scores: Sequence[float | 
     by_text: dict[str, list[float]] = {}
     first_text: dict[str, str] = {}
     for text, score in zip(candidates, scores):
-        if score is None:
+        if not is_score(score):
             continue
         key = text.strip()
         by_text.setdefault(key, []).append(score)
@@ -256,8 +263,27 @@ def score_histogram(scores: Sequence[float | None]) -> dict[str, int]:
     return hist
 
 
+def check_judgement_row(row, where: str) -> None:
+    """Raise DataError unless `row` is {"id", "candidate_index": int >= 0, "scores": [score | None]}."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for key in ("id", "candidate_index", "scores"):
+        if key not in row:
+            raise DataError(f"{where}: missing key {key!r}")
+    where = f"{where} (id {row['id']!r})"
+    idx = row["candidate_index"]
+    if not isinstance(idx, int) or isinstance(idx, bool) or idx < 0:
+        raise DataError(f"{where}: key 'candidate_index' must be a whole number >= 0, got {idx!r}")
+    if not isinstance(row["scores"], list):
+        raise DataError(f"{where}: key 'scores' must be a list of scores, got {row['scores']!r}")
+    for s in row["scores"]:
+        if s is not None and not is_score(s):
+            raise DataError(f"{where}: key 'scores' holds {s!r}, which is neither null nor a score in "
+                            f"[0, {format_score(MAX_SCORE)}]")
+
+
 def pairs_from_judgements(candidate_rows: Sequence[dict], judgement_rows: Sequence[dict],
-                          min_valid: int = 1) -> tuple[list[dict], dict]:
+                          min_valid: int = 1, source: str = "judgements") -> tuple[list[dict], dict]:
     """Join candidates.jsonl rows with judgements.jsonl rows -> (pairs, summary).
 
     candidate_rows: {"id", "prompt", "candidates": [str, ...]}
@@ -265,10 +291,14 @@ def pairs_from_judgements(candidate_rows: Sequence[dict], judgement_rows: Sequen
     Mean scores are recomputed from "scores" with `min_valid`, so pairs can be rebuilt with a
     different rule without judging again. A candidate with no judgement row counts as unjudged.
     The summary holds the parse-failure rate, pair counts and a histogram of parsed scores.
+    A judgement row that no judge run could have written (no "scores", a score of 9 or NaN, a
+    candidate_index that is not a whole number) is a DataError naming `source`, the record and
+    the key: such a file was edited or comes from elsewhere, and guessing would build wrong pairs.
     """
     scores_of: dict[tuple[str, int], list] = {}
-    for row in judgement_rows:
-        scores_of[(str(row["id"]), int(row["candidate_index"]))] = list(row["scores"])
+    for n, row in enumerate(judgement_rows, start=1):
+        check_judgement_row(row, f"{source}: record {n}")
+        scores_of[(str(row["id"]), row["candidate_index"])] = list(row["scores"])
     pairs: list[dict] = []
     all_scores: list[float | None] = []
     n_candidates = dropped = ties = unjudged = 0

@@ -51,6 +51,8 @@ class Tokenizer:
     def from_dir(cls, model_dir) -> "Tokenizer":
         """The tokenizer.model that sits in a checkpoint directory."""
         path = Path(model_dir) / "tokenizer.model"
+        if not Path(model_dir).is_dir():
+            raise FileNotFoundError(f"{model_dir}: model directory not found")
         if not path.is_file():
             raise FileNotFoundError(f"{model_dir}: no tokenizer.model in this model directory "
                                     f"(copy the model's tokenizer.model there, or pass --tokenizer)")

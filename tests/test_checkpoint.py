@@ -234,6 +234,63 @@ def test_error_corrupt_meta_shard(tmp_path):
         Llama.from_pretrained(tmp_path / "meta")
 
 
+
+def test_error_non_finite_weights_name_the_tensor(saved):
+    def poison(t):
+        t["model.layers.1.self_attn.v_proj.weight"][3, 5] = float("nan")
+
+    resave(saved, poison)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor 'layers\.1\.attention\.wv\.weight' "
+                                              r"holds non-finite values"):
+        Llama.from_pretrained(saved)
+    with pytest.raises(CheckpointError, match=r"'model\.layers\.1\.self_attn\.v_proj\.weight' holds non-finite"):
+        load_per_rank(saved)
+
+
+def test_error_index_entry_outside_the_checkpoint_folder(tmp_path):
+    tiny_model().save_pretrained(tmp_path / "ckpt", max_shard_bytes=40_000)
+    index = tmp_path / "ckpt" / "model.safetensors.index.json"
+    good = json.loads(index.read_text())
+    shard = next(iter(good["weight_map"].values()))
+    (tmp_path / "outside.safetensors").write_bytes((tmp_path / "ckpt" / shard).read_bytes())
+    for bad in ("../outside.safetensors", str(tmp_path / "outside.safetensors"), "sub/../../outside.safetensors"):
+        edited = {**good, "weight_map": {**good["weight_map"], "model.norm.weight": bad}}
+        index.write_text(json.dumps(edited))
+        with pytest.raises(CheckpointError, match=r"index\.json: weight_map names the file .* not inside"):
+            Llama.from_pretrained(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("config, error", [
+    ([1, 2], r"config\.json: expected a JSON object of settings, got a list"),
+    ({"hidden_size": "128"}, r"config\.json: key 'hidden_size' must be a positive integer, got '128'"),
+    ({"num_hidden_layers": 2.0}, r"key 'num_hidden_layers' must be a positive integer, got 2\.0"),
+    ({"vocab_size": True}, r"key 'vocab_size' must be a positive integer, got True"),
+    ({"rms_norm_eps": "1e-5"}, r"key 'rms_norm_eps' must be a positive number"),
+])
+def test_error_config_value_types(saved, config, error):
+    if isinstance(config, dict):
+        config = {**json.loads((saved / "config.json").read_text()), **config}
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=error):
+        Llama.from_pretrained(saved)
+
+
+def test_error_meta_params_value_types(tmp_path):
+    write_meta_checkpoint(Llama(ModelArgs(dim=64, n_layers=1, n_heads=4, vocab_size=128, multiple_of=32)),
+                          tmp_path / "meta")
+    params = json.loads((tmp_path / "meta" / "params.json").read_text())
+    (tmp_path / "meta" / "params.json").write_text(json.dumps({**params, "n_heads": "4"}))
+    with pytest.raises(CheckpointError, match=r"params\.json: key 'n_heads' must be a positive integer, got '4'"):
+        Llama.from_pretrained(tmp_path / "meta")
+
+
+def test_tokenizer_of_a_missing_model_directory_says_so(tmp_path):
+    from srlm.tokenizer import Tokenizer
+
+    with pytest.raises(FileNotFoundError, match=r"nope: model directory not found"):
+        Tokenizer.from_dir(tmp_path / "nope")
+
+
 # ---- load_hf_shards: the per-rank loader of torchrun training, here in one process (world = 1) ----
 def load_per_rank(path):
     from srlm.checkpoint import load_hf_args, load_hf_shards

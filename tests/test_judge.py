@@ -229,6 +229,32 @@ def test_build_pair_never_emits_identical_texts():
     assert build_pair("p", ["same", "same "], [5.0, 1.0]) is None
 
 
+def test_build_pair_leaves_out_scores_that_are_not_scores():
+    # NaN compares false with everything, so max() and min() could both pick it: chosen == rejected.
+    nan, inf = float("nan"), float("inf")
+    assert build_pair("p", ["a", "b"], [nan, 3.0]) is None
+    assert build_pair("p", ["a", "b", "c"], [nan, 3.0, nan]) is None
+    pair = build_pair("p", ["a", "b", "c", "d", "e"], [nan, 3.0, inf, 1.0, 9.0])
+    assert (pair["chosen"], pair["rejected"], pair["chosen_score"], pair["rejected_score"]) == ("b", "d", 3.0, 1.0)
+    assert build_pair("p", ["a", "b"], [True, 0.0]) is None  # a bool is not a score
+
+
+@pytest.mark.parametrize("row, key_error", [
+    ({"id": "p", "candidate_index": 1, "scores": [9.0]}, r"key 'scores' holds 9\.0, which is neither null"),
+    ({"id": "p", "candidate_index": 1, "scores": [float("nan")]}, r"key 'scores' holds nan"),
+    ({"id": "p", "candidate_index": 1, "scores": ["4"]}, r"key 'scores' holds '4'"),
+    ({"id": "p", "candidate_index": 1}, r"missing key 'scores'"),
+    ({"id": "p", "candidate_index": 1, "scores": 4}, r"key 'scores' must be a list"),
+    ({"id": "p", "candidate_index": "1", "scores": [4.0]}, r"key 'candidate_index' must be a whole number"),
+    ({"candidate_index": 1, "scores": [4.0]}, r"missing key 'id'"),
+])
+def test_pairs_from_judgements_names_a_bad_reused_row(row, key_error):
+    cands = [{"id": "p", "prompt": "P", "candidates": ["a", "b"]}]
+    rows = [{"id": "p", "candidate_index": 0, "scores": [4.0]}, row]
+    with pytest.raises(DataError, match=r"old/judgements\.jsonl: record 2.*" + key_error):
+        pairs_from_judgements(cands, rows, source="old/judgements.jsonl")
+
+
 def test_build_pair_length_mismatch_raises():
     with pytest.raises(ValueError):
         build_pair("p", ["a", "b"], [1.0])
