@@ -44,20 +44,21 @@ class TruncationStats:
         return f"{self.prompts_cut} prompts cut, {self.answers_cut} answers cut, {self.windows} extra text windows"
 
 
+def _same_answers(row: dict) -> str | None:
+    if row["chosen"].strip() == row["rejected"].strip():
+        return "keys 'chosen' and 'rejected' hold the same text (a tie is not a pair)"
+    return None
+
+
 def load_rows(paths: Sequence[str], stage: str) -> list[dict]:
     """Read and check the rows of every data file for `stage`; DataError names the file and row."""
     if stage not in REQUIRED:
         raise ValueError(f"stage must be one of {sorted(REQUIRED)}, got {stage!r}")
     rows = []
     for path in paths:
-        file_rows = read_jsonl(path, required=REQUIRED[stage])
-        for i, row in enumerate(file_rows, start=1):
-            for key in REQUIRED[stage] + (("system",) if "system" in row else ()):
-                if not isinstance(row[key], str):
-                    raise DataError(f"{path}: row {i}: field {key!r} must be a string, "
-                                    f"got {type(row[key]).__name__}")
-            if stage == "dpo" and row["chosen"].strip() == row["rejected"].strip():
-                raise DataError(f"{path}: row {i}: chosen and rejected are the same text (a tie is not a pair)")
+        file_rows = read_jsonl(path, required=REQUIRED[stage],
+                               types={key: "str" for key in REQUIRED[stage] + ("system",)},
+                               check=_same_answers if stage == "dpo" else None)
         rows.extend(file_rows)
     if not rows:
         raise DataError(f"{', '.join(map(str, paths))}: no rows to train on")

@@ -15,11 +15,12 @@ Every long job in srlm writes its results through these functions, so that
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 
 class DataError(ValueError):
@@ -40,16 +41,36 @@ def _decode(line: bytes, path: Path, lineno: int) -> str:
                         f"save the file as UTF-8") from None
 
 
-def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[dict]:
+# What a key of a row may hold, for read_jsonl's `types`: name -> (check, words for the message).
+FIELD_TYPES = {
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "id": (lambda v: isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)), "a string or an integer"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "number": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), "a number"),
+    "list[str]": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "list[number]": (lambda v: isinstance(v, list) and all(FIELD_TYPES["number"][0](x) for x in v),
+                     "a list of numbers"),
+}
+
+
+def _type_name(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def read_jsonl(path: str | os.PathLike, required: Sequence[str] = (), types: dict[str, str] | None = None,
+               unique: str | None = None, check: Callable[[dict], str | None] | None = None) -> list[dict]:
     """Read a JSON-lines file into a list of dicts; blank lines are skipped.
 
-    Raises DataError naming the file and 1-based line number for a line that is not UTF-8, not
-    a JSON object or lacks one of the `required` keys, and for a missing file.
+    Raises DataError naming the file, the 1-based line number and the key for a line that is not
+    UTF-8, not a JSON object, lacks one of the `required` keys, has a key of the wrong type
+    (`types`: key -> a name in FIELD_TYPES, checked where the key is present), repeats the value
+    of the `unique` key or fails `check(row)` (which returns None or what is wrong, naming the
+    key); and for a missing file.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    rows = []
+    rows, seen = [], {}
     for lineno, raw in enumerate(_lines(path), start=1):
         line = _decode(raw, path, lineno)
         if not line.strip():
@@ -63,6 +84,20 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[di
         missing = [k for k in required if k not in row]
         if missing:
             raise DataError(f"{path}:{lineno}: missing required field(s) {missing}")
+        for key, kind in (types or {}).items():
+            ok, words = FIELD_TYPES[kind]
+            if key in row and not ok(row[key]):
+                raise DataError(f"{path}:{lineno}: key {key!r} must be {words}, got {_type_name(row[key])} "
+                                f"{json.dumps(row[key], ensure_ascii=False)[:40]}")
+        if unique is not None and unique in row:
+            value = str(row[unique])
+            if value in seen:
+                raise DataError(f"{path}:{lineno}: key {unique!r}: duplicate value {row[unique]!r} "
+                                f"(first on line {seen[value]})")
+            seen[value] = lineno
+        problem = check(row) if check is not None else None
+        if problem:
+            raise DataError(f"{path}:{lineno}: {problem}")
         rows.append(row)
     return rows
 

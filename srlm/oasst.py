@@ -342,4 +342,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from srlm.cli import run_cli
+
+    run_cli(main, "python -m srlm.oasst")

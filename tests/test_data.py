@@ -75,10 +75,10 @@ def test_load_rows_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match="empty.jsonl: no rows"):
         load_rows([str(empty)], "sft")
     wrong = write(tmp_path / "wrong.jsonl", [{"prompt": "a", "response": 3}])
-    with pytest.raises(DataError, match=r"wrong\.jsonl: row 1: field 'response' must be a string"):
+    with pytest.raises(DataError, match=r"wrong\.jsonl:1: key 'response' must be a string, got int"):
         load_rows([wrong], "sft")
     tie = write(tmp_path / "tie.jsonl", [{"prompt": "a", "chosen": "same ", "rejected": "same"}])
-    with pytest.raises(DataError, match=r"tie\.jsonl: row 1: chosen and rejected are the same"):
+    with pytest.raises(DataError, match=r"tie\.jsonl:1: keys 'chosen' and 'rejected' hold the same text"):
         load_rows([tie], "dpo")
     assert len(load_rows([good, good], "sft")) == 2  # files are concatenated
 

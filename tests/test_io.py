@@ -136,3 +136,21 @@ def test_kill_during_append_then_resume(tmp_path):
     rows = read_jsonl_partial(log)
     assert len(rows) == whole + 1 and rows[-1] == {"resumed": True}
     assert log.stat().st_size == whole * line + len('{"resumed": true}\n')
+
+
+def test_read_jsonl_types_unique_and_check_name_line_and_key(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"id": "a", "prompt": "x"}\n\n{"id": 2, "prompt": 42}\n')
+    with pytest.raises(DataError, match=r"p\.jsonl:3: key 'prompt' must be a string, got int 42"):
+        read_jsonl(f, types={"id": "id", "prompt": "str"})
+    f.write_text('{"id": ["a"], "prompt": "x"}\n')
+    with pytest.raises(DataError, match=r"p\.jsonl:1: key 'id' must be a string or an integer, got list"):
+        read_jsonl(f, types={"id": "id"})
+    f.write_text('{"id": "a"}\n{"id": "b"}\n{"id": "a"}\n')
+    with pytest.raises(DataError, match=r"p\.jsonl:3: key 'id': duplicate value 'a' \(first on line 1\)"):
+        read_jsonl(f, unique="id")
+    with pytest.raises(DataError, match=r"p\.jsonl:2: key 'id' is b"):
+        read_jsonl(f, check=lambda r: "key 'id' is b" if r["id"] == "b" else None)
+    f.write_text('{"s": [1, NaN]}\n')
+    with pytest.raises(DataError, match=r"p\.jsonl:1: key 's' must be a list of numbers"):
+        read_jsonl(f, types={"s": "list[number]"})
