@@ -16,7 +16,6 @@ Run the same command again after a crash to resume. The loop itself lives in srl
 from __future__ import annotations
 
 import argparse
-import sys
 
 from srlm.trainer import TrainConfig, train
 
@@ -60,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--logprob-impl", choices=["auto", "torch", "chunked", "triton"],
                    help="head log-prob implementation (default auto: Triton on CUDA when available)")
     r.add_argument("--save-every", type=int, default=200, help="save the resumable state every N steps")
+    r.add_argument("--save-every-minutes", type=float, default=5.0,
+                   help="and whenever this many minutes passed since the last save (0: steps only)")
     r.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from DIR.train/checkpoint when it exists")
     r.add_argument("--stop-after-steps", type=int, help=argparse.SUPPRESS)  # test hook: save and stop here
@@ -73,7 +74,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         lr=a.lr, min_lr=a.min_lr, warmup_steps=a.warmup_steps, epochs=a.epochs, max_steps=a.max_steps,
         batch_size=a.batch_size, micro_batch_size=a.micro_batch_size, max_seq_len=a.max_seq_len, beta=a.beta,
         label_smoothing=a.label_smoothing, loss=a.loss, dropout=a.dropout, weight_decay=a.weight_decay,
-        grad_clip=a.grad_clip, save_every=a.save_every, seed=a.seed, device=a.device, dtype=a.dtype,
+        grad_clip=a.grad_clip, save_every=a.save_every, save_every_minutes=a.save_every_minutes, seed=a.seed, device=a.device, dtype=a.dtype,
         save_dtype=a.save_dtype, activation_checkpointing=a.activation_checkpointing,
         reduce_every_micro_batch=a.reduce_every_micro_batch, attn_impl=a.attn_impl,
         logprob_impl=a.logprob_impl, resume=a.resume, stop_after_steps=a.stop_after_steps,
@@ -86,15 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from srlm.checkpoint import CheckpointError
-    from srlm.dist import cleanup
-    from srlm.io import DataError
+    from srlm.cli import run_cli
     from srlm.trainer import TrainingError
 
-    try:
-        main()
-    except (DataError, CheckpointError, TrainingError, FileNotFoundError, ValueError) as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        sys.exit(1)
-    finally:
-        cleanup()
+    run_cli(main, "train.py", failures=(TrainingError,))  # bad input: one line, exit 2; --debug: traceback

@@ -40,6 +40,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -96,6 +97,7 @@ class TrainConfig:
     weight_decay: Optional[float] = None
     grad_clip: float = 1.0
     save_every: int = 200
+    save_every_minutes: float = 5.0  # also save when this much time passed since the last save (0: off)
     seed: int = 0
     device: Optional[str] = None
     dtype: Optional[str] = None  # compute dtype: fp32 | bf16 (default: bf16 on CUDA, fp32 on CPU)
@@ -123,6 +125,8 @@ class TrainConfig:
             raise ValueError(f"--loss must be 'dpo' or 'ipo', got {self.loss!r}")
         if self.batch_size < 1 or self.micro_batch_size < 1:
             raise ValueError("--batch-size and --micro-batch-size must be positive")
+        if self.save_every < 1 or not self.save_every_minutes >= 0:
+            raise ValueError("--save-every must be >= 1 and --save-every-minutes >= 0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -522,6 +526,34 @@ def grad_norm_and_clip(params: list, max_norm: float) -> float:
 # ---------------------------------------------------------------------------------------------
 # the whole run
 # ---------------------------------------------------------------------------------------------
+# What train() writes into --out DIR (srlm.checkpoint.save_hf's files and metrics.jsonl): any other
+# file there is someone else's, and replacing the folder would delete it.
+OUT_FILES = re.compile(r"config\.json|generation_config\.json|model\.safetensors(\.index\.json)?|"
+                       r"model-\d+-of-\d+\.safetensors|tokenizer\.model|metrics\.jsonl")
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an --out that is a file, or a folder holding files train.py does not write."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: --out must be a folder (or not exist yet); this is a file")
+    foreign = sorted(p.name for p in out.iterdir() if not OUT_FILES.fullmatch(p.name)) if out.is_dir() else []
+    if foreign:
+        raise DataError(f"{out}: --out holds files train.py did not write ({', '.join(foreign[:3])}"
+                        f"{', ...' if len(foreign) > 3 else ''}); the final save replaces the whole folder, "
+                        f"so choose a new or empty folder")
+
+
+def save_due(last_save: float, minutes: float, device: torch.device) -> bool:
+    """Has `minutes` of wall time passed since `last_save`? The same answer on every rank (rank 0's
+    clock decides), since saving is a collective step."""
+    due = minutes > 0 and time.time() - last_save >= 60 * minutes
+    if dist.is_initialized():
+        flag = torch.tensor([float(due)], device=device)
+        dist.broadcast(flag, src=0)
+        due = bool(flag.item())
+    return due
+
+
 def finished_summary(out: Path) -> Optional[dict]:
     """The final summary line of a finished run in `out`, or None."""
     rows = read_jsonl_partial(out / "metrics.jsonl") if (out / "config.json").is_file() else []
@@ -536,6 +568,7 @@ def train(cfg: TrainConfig) -> dict:
     if done is not None:
         _log(f"{out} is already a finished {cfg.stage} checkpoint; nothing to do (delete it to train again)")
         return done
+    check_out_dir(out)
 
     rank, world, device = sdist.init_distributed(cfg.device)
     dtype = parse_dtype(cfg.dtype, device)
@@ -550,6 +583,7 @@ def train(cfg: TrainConfig) -> dict:
 
     # ---- tokenizer, model, data ----
     tokenizer = Tokenizer(cfg.tokenizer) if cfg.tokenizer else Tokenizer.from_dir(cfg.init)
+    rows = load_rows(cfg.data, cfg.stage)  # checked before anything is written or deleted
     resuming = cfg.resume and (ckpt_dir / "trainer.pt").is_file()
     if resuming:
         check_resume_config(ckpt_dir, cfg)
@@ -571,7 +605,6 @@ def train(cfg: TrainConfig) -> dict:
     max_len = cfg.max_seq_len or model.args.max_seq_len
     if max_len > model.args.max_seq_len + 1:
         raise ValueError(f"--max-seq-len {max_len} exceeds the model's max_seq_len={model.args.max_seq_len}")
-    rows = load_rows(cfg.data, cfg.stage)
     examples, cut = tokenize(rows, cfg.stage, tokenizer, max_len)
     _log(f"{cfg.stage}: {len(rows)} rows -> {len(examples)} examples from {', '.join(cfg.data)}; "
          f"max_len {max_len}: {cut}")
@@ -608,6 +641,7 @@ def train(cfg: TrainConfig) -> dict:
     wrapped.train()
     bar = tqdm(total=total, initial=start, desc=cfg.stage, disable=not (cfg.progress and sdist.is_main()))
     last, t_start = {}, time.time()
+    last_save = t_start
     for step in range(start, total):
         t0 = time.time()
         lr = lr_at(step, total, cfg.lr, cfg.min_lr, warmup)
@@ -642,8 +676,10 @@ def train(cfg: TrainConfig) -> dict:
         bar.update(1)
 
         stop_here = cfg.stop_after_steps is not None and step + 1 >= cfg.stop_after_steps and step + 1 < total
-        if stop_here or ((step + 1) % cfg.save_every == 0 and step + 1 < total):
+        by_steps = (step + 1) % cfg.save_every == 0
+        if step + 1 < total and (stop_here or by_steps or save_due(last_save, cfg.save_every_minutes, device)):
             save_training_state(ckpt_dir, wrapped, optimizer, step + 1, cfg, tokenizer.path, device)
+            last_save = time.time()
         if stop_here:
             bar.close()
             _log(f"stopped after step {step + 1} (--stop-after-steps); run again to resume")

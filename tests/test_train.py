@@ -343,5 +343,35 @@ def test_bad_input(setup, tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--stage", "dpo", "--init", str(setup / "m0"),
                            "--data", str(bad), "--out", str(tmp_path / "o"), "--device", "cpu"],
                           capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 1
-    assert "bad.jsonl:1: missing required field(s) ['rejected']" in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"train.py: error: {bad}:1: missing required field(s) ['rejected']"]  # one line, no traceback
+
+
+def test_out_never_deletes_files_it_did_not_write(setup, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match=r"mine: --out holds files train.py did not write \(notes\.txt\)"):
+        train.main(common(setup, "sft", out, "--max-steps", "1"))
+    assert (out / "notes.txt").read_text() == "keep me" and not (tmp_path / "mine.train").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match=r"file: --out must be a folder"):
+        train.main(common(setup, "sft", tmp_path / "file", "--max-steps", "1"))
+
+
+def test_saves_by_time_as_well_as_steps(setup, tmp_path, monkeypatch):
+    import srlm.trainer as trainer
+
+    saved = []
+    real = trainer.save_training_state
+    monkeypatch.setattr(trainer, "save_training_state", lambda d, w, o, step, *a: (saved.append(step),
+                                                                                  real(d, w, o, step, *a)))
+    train.main(common(setup, "sft", tmp_path / "steps", "--max-steps", "3", "--save-every", "1000",
+                      "--save-every-minutes", "0"))
+    assert saved == []
+    clock = iter(range(0, 10**6, 100))  # every call of time.time() is 100 s later than the one before
+    monkeypatch.setattr(trainer.time, "time", lambda: float(next(clock)))
+    train.main(common(setup, "sft", tmp_path / "time", "--max-steps", "3", "--save-every", "1000",
+                      "--save-every-minutes", "1"))
+    assert saved == [1, 2]  # after every step but the last (the final checkpoint supersedes it)
