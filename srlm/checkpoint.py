@@ -98,7 +98,51 @@ def _check_types(config: dict, source: Path, ints=(), floats=(), any_int=()) -> 
             raise CheckpointError(f"{source}: key {key!r} must be a positive number, got {value!r}")
 
 
+# config.json keys that change the maths, and the one value srlm implements for each when the
+# key is present; anything else is refused by name rather than silently computed differently.
+_HF_MUST_BE = {"model_type": ("llama",), "hidden_act": ("silu",), "attention_bias": (False,), "mlp_bias": (False,)}
+
+
+def _rope_theta(config: dict, source: Path) -> float:
+    """The RoPE base, from either layout, refusing any scaling srlm does not implement.
+
+    transformers <= 4.x: top-level `rope_theta` and `rope_scaling` ({"rope_type"/"type": ...} or null).
+    transformers 5.x:    `rope_parameters: {"rope_theta": ..., "rope_type": "default"}`.
+    Only plain RoPE ("default", or no scaling at all) is implemented; "llama3", "linear", "dynamic",
+    "yarn"... change the frequencies and are refused. Absent everywhere, the base is 10000, the
+    default both transformers versions apply to a Llama config.
+    """
+    thetas = {}
+    if config.get("rope_theta") is not None:
+        thetas["rope_theta"] = config["rope_theta"]
+    for key in ("rope_scaling", "rope_parameters"):
+        params = config.get(key)
+        if params is None:
+            continue
+        if not isinstance(params, dict):
+            raise CheckpointError(f"{source}: {key} must be an object or null, got {params!r}")
+        kind = params.get("rope_type", params.get("type", "default"))
+        if kind != "default":
+            raise CheckpointError(f"{source}: {key}.rope_type={kind!r} is not supported (srlm implements plain "
+                                  f"RoPE, rope_type 'default')")
+        if params.get("rope_theta") is not None:
+            thetas[f"{key}.rope_theta"] = params["rope_theta"]
+    if len(set(thetas.values())) > 1:
+        raise CheckpointError(f"{source}: the RoPE base is given twice with different values: {thetas}")
+    theta = next(iter(thetas.values()), 10000.0)
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or theta <= 0:
+        raise CheckpointError(f"{source}: rope_theta={theta!r} is not a positive number")
+    return float(theta)
+
+
 def args_from_hf_config(config: dict, source: Path) -> ModelArgs:
+    """ModelArgs from a Hugging Face Llama config.json, in the transformers 4.x or 5.x layout.
+
+    Every key that changes what the network computes is read or refused by name: hidden_size,
+    num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim, intermediate_size,
+    vocab_size, rms_norm_eps, rope_theta / rope_parameters / rope_scaling, tie_word_embeddings,
+    hidden_act, attention_bias, mlp_bias, quantization_config.
+    """
     def need(key):
         if key not in config:
             raise CheckpointError(f"{source}: missing key {key!r}")
@@ -106,37 +150,42 @@ def args_from_hf_config(config: dict, source: Path) -> ModelArgs:
 
     _check_types(config, source, ints=("hidden_size", "num_hidden_layers", "num_attention_heads",
                                        "num_key_value_heads", "vocab_size", "intermediate_size",
-                                       "max_position_embeddings"), floats=("rms_norm_eps", "rope_theta"))
+                                       "max_position_embeddings", "head_dim"), floats=("rms_norm_eps", "rope_theta"))
 
-    if config.get("model_type", "llama") != "llama":
-        raise CheckpointError(f"{source}: model_type is {config['model_type']!r}, expected 'llama'")
-    if config.get("hidden_act", "silu") != "silu":
-        raise CheckpointError(f"{source}: hidden_act {config['hidden_act']!r} is not supported (Llama uses 'silu')")
-    for key in ("attention_bias", "mlp_bias"):
-        if config.get(key):
-            raise CheckpointError(f"{source}: {key}=true is not supported (Llama-2 has no biases)")
-    if config.get("rope_scaling"):
-        raise CheckpointError(f"{source}: rope_scaling {config['rope_scaling']!r} is not supported")
+    for key, allowed in _HF_MUST_BE.items():
+        if key in config and config[key] not in allowed:
+            raise CheckpointError(f"{source}: {key}={config[key]!r} is not supported (srlm implements "
+                                  f"{key}={allowed[0]!r})")
+    if config.get("quantization_config"):
+        raise CheckpointError(f"{source}: quantization_config={config['quantization_config']!r}: quantized "
+                              f"checkpoints are not supported; save a dequantised float copy first")
+    tie = config.get("tie_word_embeddings", False)
+    if not isinstance(tie, bool):
+        raise CheckpointError(f"{source}: tie_word_embeddings={tie!r} is not true or false")
+    n_heads = need("num_attention_heads")
     try:
         return ModelArgs(
-            dim=need("hidden_size"), n_layers=need("num_hidden_layers"), n_heads=need("num_attention_heads"),
-            n_kv_heads=config.get("num_key_value_heads") or need("num_attention_heads"),
+            dim=need("hidden_size"), n_layers=need("num_hidden_layers"), n_heads=n_heads,
+            n_kv_heads=config.get("num_key_value_heads") or n_heads,
             vocab_size=need("vocab_size"), hidden_dim=need("intermediate_size"),
-            norm_eps=config.get("rms_norm_eps", 1e-5), rope_theta=config.get("rope_theta", 10000.0),
-            max_seq_len=config.get("max_position_embeddings", 4096))
+            norm_eps=config.get("rms_norm_eps", 1e-6), rope_theta=_rope_theta(config, source),
+            max_seq_len=config.get("max_position_embeddings", 4096),
+            head_dim=config.get("head_dim"), tie_embeddings=tie)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{source}: inconsistent config: {e}") from None
 
 
-def hf_config_from_args(args: ModelArgs, dtype: torch.dtype) -> dict:
+def hf_config_from_args(args: ModelArgs, dtype: torch.dtype, special_ids: Optional[dict] = None) -> dict:
+    """config.json in the legacy layout (top-level rope_theta), which transformers 4.4x and 5.x both read."""
+    ids = {"bos_token_id": 1, "eos_token_id": 2, **(special_ids or {})}
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "hidden_size": args.dim, "intermediate_size": args.ffn_hidden_dim,
         "num_hidden_layers": args.n_layers, "num_attention_heads": args.n_heads,
-        "num_key_value_heads": args.n_kv_heads, "vocab_size": args.vocab_size,
+        "num_key_value_heads": args.n_kv_heads, "head_dim": args.head_dim, "vocab_size": args.vocab_size,
         "rms_norm_eps": args.norm_eps, "rope_theta": args.rope_theta, "rope_scaling": None,
         "max_position_embeddings": args.max_seq_len, "hidden_act": "silu", "attention_bias": False,
-        "mlp_bias": False, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+        "mlp_bias": False, "tie_word_embeddings": args.tie_embeddings, **ids,
         "initializer_range": 0.02, "pretraining_tp": 1,
         "torch_dtype": str(dtype).removeprefix("torch."),
     }
@@ -282,15 +331,14 @@ def _read_json(file: Path) -> dict:
     return config
 
 
-def _read_hf_config(path: Path) -> tuple[ModelArgs, bool]:
-    """ModelArgs and tie_word_embeddings from an HF directory's config.json."""
-    config = _read_json(path / "config.json")
-    return args_from_hf_config(config, path / "config.json"), config.get("tie_word_embeddings", False)
+def _read_hf_config(path: Path) -> ModelArgs:
+    """ModelArgs from an HF directory's config.json."""
+    return args_from_hf_config(_read_json(path / "config.json"), path / "config.json")
 
 
 def load_hf_args(path, **arg_overrides) -> ModelArgs:
     """The ModelArgs of an HF directory, with the same overrides load_model takes."""
-    args, _ = _read_hf_config(Path(path))
+    args = _read_hf_config(Path(path))
     for k, v in arg_overrides.items():
         setattr(args, k, v)
     args.__post_init__()
@@ -304,7 +352,7 @@ def load_model(path, dtype: torch.dtype = torch.float32, device="cpu", **arg_ove
         raise CheckpointError(f"{path}: checkpoint directory not found")
     if (path / "config.json").is_file():
         config_file = path / "config.json"
-        args, tie = _read_hf_config(path)
+        args = _read_hf_config(path)
         tensors = _read_hf(path, args)
     elif (path / "params.json").is_file():
         config_file = path / "params.json"
@@ -316,7 +364,6 @@ def load_model(path, dtype: torch.dtype = torch.float32, device="cpu", **arg_ove
         vocab = first[1].shape[0] if first[0] == "tok_embeddings.weight" else params.get("vocab_size", -1)
         args = args_from_meta_params(params, config_file, vocab)
         tensors = _chain([first], tensors)
-        tie = False
     else:
         raise CheckpointError(f"{path}: neither config.json (Hugging Face) nor params.json (Meta) found")
     for k, v in arg_overrides.items():
@@ -326,8 +373,11 @@ def load_model(path, dtype: torch.dtype = torch.float32, device="cpu", **arg_ove
     with torch.device("meta"):
         model = Llama(args)
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    state = {}
+    state, tied_head = {}, None
     for name, tensor, file in tensors:
+        if args.tie_embeddings and name == "output.weight":
+            tied_head = (tensor, file)  # checked against the embeddings once both are read
+            continue
         if name not in expected:
             raise CheckpointError(f"{file}: unexpected key {name!r}")
         if tuple(tensor.shape) != tuple(expected[name]):
@@ -335,14 +385,18 @@ def load_model(path, dtype: torch.dtype = torch.float32, device="cpu", **arg_ove
                                   f"{tuple(expected[name])}; the config contradicts the weights")
         state[name] = tensor.to(device=device, dtype=dtype)
         _check_finite(state[name], name, file)
-    if tie and "output.weight" not in state and "tok_embeddings.weight" in state:
-        state["output.weight"] = state["tok_embeddings.weight"]
+    if tied_head is not None:
+        _check_tied_head(*tied_head, state)
+    if args.tie_embeddings and "tok_embeddings.weight" in state:
+        state["output.weight"] = state["tok_embeddings.weight"]  # the same tensor, re-tied below
     missing = [k for k in expected if k not in state]
     if missing:
         raise CheckpointError(f"{path}: missing {len(missing)} weight(s), e.g. {missing[:5]}")
     model.load_state_dict(state, assign=True)
-    tok = path / "tokenizer.model"
-    model.tokenizer_path = str(tok) if tok.is_file() else None
+    if args.tie_embeddings:
+        model.tie_weights()  # assign=True put in two Parameter objects; keep one
+    tokenizer = next((path / f for f in ("tokenizer.model", "tokenizer.json") if (path / f).is_file()), None)
+    model.tokenizer_path = str(tokenizer) if tokenizer is not None else None
     return model
 
 
@@ -351,6 +405,14 @@ def _check_finite(tensor: torch.Tensor, name: str, file) -> None:
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         raise CheckpointError(f"{file}: tensor {name!r} holds non-finite values (NaN or inf); "
                               f"the file is corrupt or the run that wrote it diverged")
+
+
+def _check_tied_head(head: torch.Tensor, file, state: dict) -> None:
+    """A tied checkpoint that still stores lm_head (some exports do) must store the embeddings there."""
+    emb = state.get("tok_embeddings.weight")
+    if emb is not None and (head.shape != emb.shape or not torch.equal(head.to(emb.dtype), emb)):
+        raise CheckpointError(f"{file}: lm_head.weight differs from model.embed_tokens.weight, but config.json "
+                              f"says tie_word_embeddings=true")
 
 
 def _chain(*iterables):
@@ -375,8 +437,8 @@ def load_hf_shards(model: Llama, path) -> None:
     from torch.distributed.tensor import DTensor, Shard
 
     path = Path(path)
-    args, tie = _read_hf_config(path)
-    params = dict(model.named_parameters())
+    args = _read_hf_config(path)
+    params = dict(model.named_parameters())  # a tied output.weight is tok_embeddings.weight, listed once
     # Check every key and shape (headers only) before reading a row, so all ranks fail alike.
     found = {}  # our name -> (open file, its path, HF name)
     for file in _hf_weight_files(path):
@@ -387,6 +449,8 @@ def load_hf_shards(model: Llama, path) -> None:
             ours = hf_to_ours(name)
             if ours is None:
                 raise CheckpointError(f"{file}: unexpected key {name!r} (not a Llama weight)")
+            if args.tie_embeddings and ours == "output.weight":
+                continue  # the embeddings fill the one tied parameter
             if ours not in params:
                 raise CheckpointError(f"{file}: unexpected key {ours!r}")
             shape = tuple(f.get_slice(name).get_shape())
@@ -394,8 +458,6 @@ def load_hf_shards(model: Llama, path) -> None:
                 raise CheckpointError(f"{file}: {ours} has shape {shape} but config.json implies "
                                       f"{tuple(params[ours].shape)}; the config contradicts the weights")
             found[ours] = (f, file, name)
-    if tie and "output.weight" not in found and "tok_embeddings.weight" in found:
-        found["output.weight"] = found["tok_embeddings.weight"]
     missing = [k for k in params if k not in found]
     if missing:
         raise CheckpointError(f"{path}: missing {len(missing)} weight(s), e.g. {missing[:5]}")
@@ -432,18 +494,47 @@ def load_hf_shards(model: Llama, path) -> None:
 
 
 # ---- saving ----
+# Files that describe a checkpoint's tokenizer and chat format; a save keeps the ones it was given.
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja", "generation_config.json")
+
+
+def _tokenizer_files(tokenizer_path) -> tuple[dict[str, Path], dict]:
+    """{name in the saved folder: source file}, and the special-token ids for config.json.
+
+    A file called tokenizer.model or tokenizer.json belongs to a checkpoint: it is copied with the
+    tokenizer files beside it (tokenizer_config.json, chat template...). Any other file (e.g.
+    ../shared/data/llama2_tokenizer.model) is a bare SentencePiece model, saved as tokenizer.model.
+    """
+    if tokenizer_path is None or not Path(tokenizer_path).is_file():
+        return {}, {}
+    from srlm.tokenizer import load_tokenizer
+
+    src = Path(tokenizer_path)
+    files = {"tokenizer.model": src}
+    if src.name in ("tokenizer.model", "tokenizer.json"):
+        files = {name: src.parent / name for name in TOKENIZER_FILES if (src.parent / name).is_file()}
+    return files, load_tokenizer(src).special_ids()
+
+
 def save_hf(state_dict: dict, args: ModelArgs, path, tokenizer_path=None, dtype: Optional[torch.dtype] = None,
             max_shard_bytes: int = 5 * 2**30) -> None:
     """Write `state_dict` (our names) as a Hugging Face Llama directory, atomically.
 
     Files go to a temporary sibling folder first, which then replaces `path`; an interrupted save
-    leaves the previous checkpoint in place.
+    leaves the previous checkpoint in place. With tied embeddings the one matrix is written once,
+    as model.embed_tokens.weight, and config.json says tie_word_embeddings=true, as transformers
+    writes it. The tokenizer files beside `tokenizer_path` (see _tokenizer_files) are copied and
+    config.json names their special-token ids.
     """
     from safetensors.torch import save_file
 
     path = Path(path)
+    tok_files, special_ids = _tokenizer_files(tokenizer_path)
     tensors = {}
     for name, t in state_dict.items():
+        if args.tie_embeddings and name == "output.weight":
+            continue  # the same matrix as tok_embeddings.weight
         t = t.detach().to("cpu")
         if dtype is not None:
             t = t.to(dtype)
@@ -468,20 +559,26 @@ def save_hf(state_dict: dict, args: ModelArgs, path, tokenizer_path=None, dtype:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    if len(shards) == 1:
-        save_file(shards[0], str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    else:
-        weight_map, total = {}, 0
-        for i, shard in enumerate(shards, start=1):
-            fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, str(tmp / fname), metadata={"format": "pt"})
-            for name, t in shard.items():
-                weight_map[name] = fname
-                total += t.numel() * t.element_size()
-        (tmp / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    (tmp / "config.json").write_text(json.dumps(hf_config_from_args(args, out_dtype), indent=2))
-    (tmp / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}, indent=2))
-    if tokenizer_path is not None and Path(tokenizer_path).is_file():
-        shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
+    try:
+        if len(shards) == 1:
+            save_file(shards[0], str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        else:
+            weight_map, total = {}, 0
+            for i, shard in enumerate(shards, start=1):
+                fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, str(tmp / fname), metadata={"format": "pt"})
+                for name, t in shard.items():
+                    weight_map[name] = fname
+                    total += t.numel() * t.element_size()
+            (tmp / "model.safetensors.index.json").write_text(
+                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        (tmp / "config.json").write_text(json.dumps(hf_config_from_args(args, out_dtype, special_ids), indent=2))
+        for name, src in tok_files.items():
+            shutil.copyfile(src, tmp / name)
+        if "generation_config.json" not in tok_files:
+            ids = {k: v for k, v in {"bos_token_id": 1, "eos_token_id": 2, **special_ids}.items() if k != "pad_token_id"}
+            (tmp / "generation_config.json").write_text(json.dumps(ids, indent=2))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written .NAME.tmp-PID folder behind
+        raise
     replace_dir(tmp, path)

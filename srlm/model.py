@@ -39,20 +39,22 @@ class ModelArgs:
     max_seq_len: int = 4096  # longest sequence the rotary table (and a KV cache) covers
     dropout: float = 0.0  # dropout on attention probabilities and residual branches (SFT uses 0.1)
     attn_impl: str = "sdpa"  # attention backend: "torch" (plain maths), "sdpa", or "triton" (kernels/)
+    head_dim: Optional[int] = None  # width of one attention head; None = dim // n_heads (HF `head_dim`)
+    tie_embeddings: bool = False  # the output head IS the embedding matrix, one parameter (HF `tie_word_embeddings`)
 
     def __post_init__(self):
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
-        if self.dim % self.n_heads:
-            raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
+        if self.head_dim is None:
+            if self.dim % self.n_heads:
+                raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
+            self.head_dim = self.dim // self.n_heads
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} is odd; rotary embeddings rotate pairs")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         if self.attn_impl not in ("torch", "sdpa", "triton"):
             raise ValueError(f"attn_impl must be 'torch', 'sdpa' or 'triton', got {self.attn_impl!r}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
 
     @property
     def ffn_hidden_dim(self) -> int:
@@ -296,13 +298,32 @@ class Llama(nn.Module):
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(TransformerBlock(i, args) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, eps=args.norm_eps)
-        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)  # untied from tok_embeddings
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.tie_weights()
         # A plain attribute, not a buffer: it stays complex64 when the weights move to bf16 and it
         # is never part of a checkpoint. Moved to the activations' device on first use.
         self.freqs_cis = precompute_freqs_cis(args.head_dim, args.max_seq_len, args.rope_theta)
         self.tokenizer_path: Optional[str] = None  # remembered by from_pretrained, copied by save_pretrained
         if not any(p.is_meta for p in self.parameters()):
             self.apply(self._init_weights)
+
+    def tie_weights(self) -> None:
+        """With tie_embeddings, make output.weight the very Parameter of tok_embeddings.weight.
+
+        One tensor then serves both ends (logits = h @ E^T): parameters() yields it once, so it is
+        counted, optimised and sharded once. Call again after replacing tok_embeddings.weight
+        (load_state_dict(assign=True) does), or the two would drift apart.
+        """
+        self.output.weight = self.tok_embeddings.weight
+
+    def _apply(self, fn, *args, **kwargs):
+        # to_empty() and moves off the meta device give each module a new Parameter object, which
+        # would silently untie the head; tie it again afterwards (.to() and .half() keep it tied anyway).
+        out = super()._apply(fn, *args, **kwargs)
+        if self.args.tie_embeddings and self.output.weight is not self.tok_embeddings.weight:
+            self.tie_weights()
+        return out
 
     @staticmethod
     def _init_weights(module):
@@ -352,7 +373,7 @@ class Llama(nn.Module):
             layer.attention.cache = None
 
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        return sum(p.numel() for p in self.parameters())  # parameters() yields a tied matrix once
 
     # ---- checkpoints: Hugging Face and Meta formats (srlm/checkpoint.py) ----
     @classmethod

@@ -322,7 +322,7 @@ def _check_inputs(model, prompt_tokens, max_new_tokens, temperature, top_p, top_
 
 
 def generate(model, prompt_tokens: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
-             top_p: float = 1.0, top_k: int = 0, eos_id: Optional[int] = 2, seed: int = 0,
+             top_p: float = 1.0, top_k: int = 0, eos_id: Optional[int] = None, seed: int = 0,
              stop_strings: Optional[Sequence[str]] = None, tokenizer=None, return_logprobs: bool = False,
              batch_size: Optional[int] = None, sync_every: Optional[int] = None, compile: bool = False):
     """Sample a continuation of every prompt. Returns the new ids per row, in input order.
@@ -331,7 +331,8 @@ def generate(model, prompt_tokens: list[list[int]], max_new_tokens: int, tempera
         For K samples of one prompt, repeat it K times.
     max_new_tokens: at most this many new tokens per row (fewer if the context runs out).
     temperature / top_p / top_k: temperature 0 is greedy; top_k 0 and top_p 1 switch those filters off.
-    eos_id: a row stops at this id, which is not returned (None: never stop at a token).
+    eos_id: a row stops at this id, which is not returned (None, the default: never stop at a token;
+        pass tokenizer.eos_id, the checkpoint's end-of-turn id).
     seed: seeds the torch.Generator; the same call repeats exactly (see the module docstring).
     stop_strings, tokenizer: a row also stops once its decoded text contains one of the strings;
         its ids end with the token that completed it (trim the text with `text.split(s)[0]`).

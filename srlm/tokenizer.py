@@ -1,9 +1,13 @@
-"""SentencePiece tokenizer and the Llama-2 chat format for one turn.
+"""SentencePiece tokenizer, and `load_tokenizer` for any checkpoint's tokenizer and chat format.
+
+A chat turn is encoded by the checkpoint's chat format (srlm/chat.py), Llama-2's by default:
 
     <s>[INST] {user} [/INST] {answer} </s>
     <s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST] {answer} </s>
 
-The prompt and the answer are encoded separately and their ids concatenated. Encoding the joined
+A checkpoint with `tokenizer.model` gets this SentencePiece tokenizer; one with only
+`tokenizer.json` (byte-level BPE, e.g. SmolLM2, Llama 3) gets srlm/hf_tokenizer.py, which needs the
+optional `tokenizers` package. The prompt and the answer are encoded separately and their ids concatenated. Encoding the joined
 string instead can merge tokens across the join, and then the prompt ids seen in training differ
 from the ones the sampler feeds at generation time. SentencePiece's leading "▁" on the answer's
 first piece stands for the space after [/INST].
@@ -14,6 +18,7 @@ mistaken for padding and always stays in the loss.
 
     tok = Tokenizer("../shared/data/llama2_tokenizer.model")
     ids, loss_mask = tok.encode_dialog("Name a prime.", "7 is prime.")
+    tok = load_tokenizer("path/to/checkpoint")        # tokenizer.model or tokenizer.json + chat template
     python -m srlm.tokenizer path/to/tokenizer.model "some text"      # prints ids and pieces
 """
 from __future__ import annotations
@@ -24,11 +29,10 @@ from typing import Optional
 
 import sentencepiece as spm
 
-B_INST, E_INST = "[INST]", "[/INST]"
-B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
+from srlm.chat import ChatMethods, format_from_template, get_format, read_chat_template
 
 
-class Tokenizer:
+class Tokenizer(ChatMethods):
     def __init__(self, model_path):
         model_path = Path(model_path)
         if not model_path.is_file():
@@ -48,39 +52,55 @@ class Tokenizer:
             raise ValueError(f"{model_path}: id 0 is bos or eos; srlm pads with 0 and needs it distinct")
 
     @classmethod
-    def from_dir(cls, model_dir) -> "Tokenizer":
-        """The tokenizer.model that sits in a checkpoint directory."""
-        path = Path(model_dir) / "tokenizer.model"
-        if not Path(model_dir).is_dir():
-            raise FileNotFoundError(f"{model_dir}: model directory not found")
-        if not path.is_file():
-            raise FileNotFoundError(f"{model_dir}: no tokenizer.model in this model directory "
-                                    f"(copy the model's tokenizer.model there, or pass --tokenizer)")
-        return cls(path)
+    def from_dir(cls, model_dir, chat: Optional[str] = None):
+        """The tokenizer of a checkpoint directory, with its chat format (see load_tokenizer)."""
+        return load_tokenizer(model_dir, chat)
+
+    def token_id(self, piece: str) -> int:
+        """The id of one piece (a chat marker such as <|im_start|>); an error if it is not in the vocabulary."""
+        i = self.sp.piece_to_id(piece)
+        if i == self.sp.unk_id() and piece != self.sp.id_to_piece(i):
+            raise ValueError(f"{self.path}: the tokenizer has no piece {piece!r} (the chat format needs it)")
+        return i
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         ids = self.sp.encode(text)
         return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
-    def decode(self, ids: list[int]) -> str:
+    def decode(self, ids: list[int], skip_special: bool = True) -> str:
         return self.sp.decode([i for i in ids if 0 <= i < self.vocab_size])
 
-    def encode_prompt(self, user: str, system: Optional[str] = None) -> list[int]:
-        """Ids of `<s>[INST] {user} [/INST]`, the part of a turn the model is given."""
-        content = user.strip()
-        if system:
-            content = f"{B_SYS}{system.strip()}{E_SYS}{content}"
-        return self.encode(f"{B_INST} {content} {E_INST}", bos=True)
+    def special_ids(self) -> dict:
+        """The ids a saved config.json names."""
+        return {"bos_token_id": self.bos_id, "eos_token_id": self.eos_id}
 
-    def encode_answer(self, answer: str) -> list[int]:
-        """Ids of `{answer} </s>`, the part of a turn the model learns to write."""
-        return self.encode(answer.strip(), eos=True)
 
-    def encode_dialog(self, user: str, answer: str, system: Optional[str] = None) -> tuple[list[int], list[int]]:
-        """(ids, loss_mask): prompt ids + answer ids; the mask is 1 on exactly the answer tokens and EOS."""
-        prompt_ids = self.encode_prompt(user, system)
-        answer_ids = self.encode_answer(answer)
-        return prompt_ids + answer_ids, [0] * len(prompt_ids) + [1] * len(answer_ids)
+def load_tokenizer(path, chat: Optional[str] = None):
+    """The tokenizer of a checkpoint directory (or a tokenizer.model / tokenizer.json file), with the
+    chat format of its chat template, or the format named by `chat` ("llama2", "chatml").
+
+    tokenizer.model wins when both files are there (SentencePiece is srlm's default).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: model directory not found")
+    if path.is_dir():
+        candidates = [path / "tokenizer.model", path / "tokenizer.json"]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f"{path}: no tokenizer.model or tokenizer.json in this model directory "
+                                    f"(copy the model's tokenizer there, or pass --tokenizer)")
+        path = found
+    if path.suffix == ".json":
+        from srlm.hf_tokenizer import HFTokenizer  # needs the optional `tokenizers` package
+
+        tok = HFTokenizer(path)
+    else:
+        tok = Tokenizer(path)
+    # The chat template only counts beside a checkpoint's own tokenizer file, not beside any file.
+    template, source = read_chat_template(path.parent) if path.name in ("tokenizer.model", "tokenizer.json") else (None, None)
+    tok.set_chat(get_format(chat) if chat else format_from_template(template, source))
+    return tok
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
     python -m pytest -q tests/test_checkpoint.py
 """
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,11 +81,11 @@ def test_sharded_save_loads_in_transformers(transformers, tmp_path):
 
 def test_save_overwrites_atomically_and_copies_tokenizer(tmp_path):
     tok = tmp_path / "tokenizer.model"
-    tok.write_bytes(b"not really a tokenizer")
+    shutil.copyfile(Path(__file__).parents[1] / "data" / "tokenizer.model", tok)
     tiny_model(0).save_pretrained(tmp_path / "ckpt", tokenizer_path=tok)
     second = tiny_model(1)
     second.save_pretrained(tmp_path / "ckpt", tokenizer_path=tok)
-    assert (tmp_path / "ckpt" / "tokenizer.model").read_bytes() == b"not really a tokenizer"
+    assert (tmp_path / "ckpt" / "tokenizer.model").read_bytes() == tok.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "tokenizer.model"]  # no temp folders left
     reloaded = Llama.from_pretrained(tmp_path / "ckpt")
     torch.testing.assert_close(logits(reloaded), logits(second))
@@ -322,3 +324,103 @@ def test_load_hf_shards_errors(saved, edit, error):
     resave(saved, edit)
     with pytest.raises(CheckpointError, match=error):
         load_per_rank(saved)
+
+
+# ---- config.json: every field that changes the maths is read, in both layouts, or refused by name ----
+def tied_hf_model(transformers, **overrides):
+    """A transformers Llama with the features of SmolLM2: tied embeddings, RoPE base 1e5, GQA, and here
+    an explicit head_dim that is NOT hidden_size / heads (64 / 4 = 16, head_dim 8)."""
+    cfg = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, head_dim=8, max_position_embeddings=64, rms_norm_eps=1e-5,
+               tie_word_embeddings=True, rope_theta=100000.0)
+    cfg.update(overrides)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg)).eval()
+
+
+def test_their_tied_rope_headdim_model_loads_exactly(transformers, tmp_path):
+    hf = tied_hf_model(transformers)
+    hf.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    ours = Llama.from_pretrained(tmp_path).eval()
+    assert ours.args.rope_theta == 100000.0 and ours.args.head_dim == 8 and ours.args.tie_embeddings
+    assert ("rope_theta" in config) or config["rope_parameters"]["rope_theta"] == 100000.0
+    assert ours.output.weight is ours.tok_embeddings.weight
+    assert ours.num_params() == sum(p.numel() for p in hf.parameters())  # the tied matrix counted once
+    assert (logits(hf) - logits(ours)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("layout", ["transformers4", "transformers5"])
+def test_rope_theta_from_either_layout(tmp_path, layout):
+    tiny_model().save_pretrained(tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    del config["rope_theta"], config["rope_scaling"]
+    if layout == "transformers4":
+        config.update(rope_theta=100000.0, rope_scaling=None)
+    else:
+        config["rope_parameters"] = {"rope_theta": 100000.0, "rope_type": "default"}
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    assert Llama.from_pretrained(tmp_path / "ckpt").args.rope_theta == 100000.0
+
+
+@pytest.mark.parametrize("key, value, error", [
+    ("rope_parameters", {"rope_theta": 5e5, "rope_type": "llama3", "factor": 8.0}, r"rope_parameters\.rope_type='llama3'"),
+    ("rope_scaling", {"type": "linear", "factor": 2.0}, r"rope_scaling\.rope_type='linear'"),
+    ("rope_parameters", {"rope_theta": 20000.0, "rope_type": "default"}, r"RoPE base is given twice"),
+    ("attention_bias", True, r"attention_bias=True is not supported"),
+    ("mlp_bias", True, r"mlp_bias=True is not supported"),
+    ("hidden_act", "gelu", r"hidden_act='gelu' is not supported"),
+    ("model_type", "mistral", r"model_type='mistral'"),
+    ("quantization_config", {"quant_method": "gguf"}, r"quantization_config=.*not supported"),
+    ("tie_word_embeddings", "yes", r"tie_word_embeddings='yes'"),
+    ("head_dim", 15, r"head_dim=15 is odd"),
+])
+def test_config_refuses_what_srlm_does_not_implement(saved, key, value, error):
+    config = json.loads((saved / "config.json").read_text())
+    config[key] = value
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config\.json: .*" + error):
+        Llama.from_pretrained(saved)
+
+
+# ---- tied embeddings: one parameter, counted, optimised, sharded and saved once ----
+def tied_model(seed=0):
+    torch.manual_seed(seed)
+    return Llama(ModelArgs(**TINY_GQA, tie_embeddings=True)).eval()
+
+
+def test_tied_embeddings_are_one_parameter():
+    tied, untied = tied_model(), tiny_model()
+    assert tied.output.weight is tied.tok_embeddings.weight
+    assert untied.num_params() - tied.num_params() == 128 * 64  # vocab x dim, once
+    opt = torch.optim.AdamW(tied.parameters(), lr=0.1)
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == tied.num_params()
+    tied.train()
+    tied(torch.randint(0, 128, (1, 8))).sum().backward()
+    opt.step()
+    assert tied.output.weight is tied.tok_embeddings.weight  # still one tensor after a step
+
+
+def test_tied_save_is_written_once_and_loads_in_transformers(transformers, tmp_path):
+    from safetensors import safe_open
+
+    model = tied_model()
+    model.save_pretrained(tmp_path / "ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp folder left
+    names = safe_open(str(tmp_path / "ckpt" / "model.safetensors"), "pt").keys()
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["tie_word_embeddings"] is True
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "ckpt").eval()
+    assert (logits(hf) - logits(model)).abs().max() <= 1e-4
+    reloaded = Llama.from_pretrained(tmp_path / "ckpt")
+    assert reloaded.output.weight is reloaded.tok_embeddings.weight
+    torch.testing.assert_close(logits(reloaded), logits(model))
+    per_rank = load_per_rank(tmp_path / "ckpt")
+    torch.testing.assert_close(logits(per_rank.eval()), logits(model))
+
+
+def test_tied_checkpoint_with_a_different_head_is_refused(tmp_path):
+    tied_model().save_pretrained(tmp_path / "ckpt")
+    resave(tmp_path / "ckpt", lambda t: t.update({"lm_head.weight": torch.zeros(128, 64)}))
+    with pytest.raises(CheckpointError, match=r"lm_head\.weight differs from model\.embed_tokens\.weight"):
+        Llama.from_pretrained(tmp_path / "ckpt")
