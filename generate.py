@@ -40,7 +40,7 @@ from srlm.io import DataError, append_jsonl, read_jsonl, read_jsonl_partial, wri
 from srlm.sampling import generate
 from srlm.self_instruct import (STOP_STRINGS, DuplicateFilter, build_few_shot_prompt, choose_examples,
                                 parse_instruction, rejection_reason)
-from srlm.tokenizer import Tokenizer
+from srlm.tokenizer import Tokenizer, load_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TASK_DEFAULTS = {  # paper settings per task; flags override them
@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--model", required=True, help="Hugging Face model directory (config.json + safetensors)")
-    p.add_argument("--tokenizer", help="tokenizer.model (default: the one inside --model)")
+    p.add_argument("--tokenizer", help="tokenizer.model or tokenizer.json (default: the one inside --model)")
     p.add_argument("--task", required=True, choices=["responses", "prompts"])
     p.add_argument("--input", help="prompts.jsonl (--task responses)")
     p.add_argument("--output", required=True)
@@ -103,7 +103,7 @@ def load_model_and_tokenizer(model_dir, tokenizer_path=None, device="cpu", dtype
     """The tokenizer first (a clear error when the directory has none), then the weights."""
     from srlm.model import Llama
 
-    tok = Tokenizer(tokenizer_path) if tokenizer_path else Tokenizer.from_dir(model_dir)
+    tok = load_tokenizer(tokenizer_path or model_dir)  # tokenizer.model or tokenizer.json, with the chat format
     device = torch.device(device)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -156,7 +156,7 @@ def judge_candidates(rows: list[dict], judge_fn: Callable, judgements: str | Pat
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="HF-format checkpoint dir (with tokenizer.model)")
+    ap.add_argument("--model", required=True, help="HF-format checkpoint dir (with tokenizer.model or tokenizer.json)")
     ap.add_argument("--input", "--candidates", dest="input", required=True,
                     help="candidates.jsonl (or ranked groups with --eval)")
     ap.add_argument("--judgements", help="default: judgements.jsonl (eval_judgements.jsonl) next to --input")

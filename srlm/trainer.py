@@ -58,7 +58,7 @@ from srlm.dpo import dpo_loss
 from srlm.io import DataError, append_jsonl, read_jsonl_partial, replace_dir, write_jsonl
 from srlm.logprobs import LogprobModel, unwrap_state_dict
 from srlm.model import Llama, ModelArgs, precompute_freqs_cis
-from srlm.tokenizer import Tokenizer
+from srlm.tokenizer import Tokenizer, load_tokenizer
 
 # The paper's schedules (SFT 5.5e-6 -> 1.1e-6, DPO 1e-6 -> 1e-7); pretraining is ours.
 STAGE_DEFAULTS = {
@@ -582,7 +582,7 @@ def train(cfg: TrainConfig) -> dict:
         return contextlib.nullcontext()
 
     # ---- tokenizer, model, data ----
-    tokenizer = Tokenizer(cfg.tokenizer) if cfg.tokenizer else Tokenizer.from_dir(cfg.init)
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.init)  # tokenizer.model or tokenizer.json, with the chat format
     rows = load_rows(cfg.data, cfg.stage)  # checked before anything is written or deleted
     resuming = cfg.resume and (ckpt_dir / "trainer.pt").is_file()
     if resuming:
