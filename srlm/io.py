@@ -14,6 +14,7 @@ Every long job in srlm writes its results through these functions, so that
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -225,3 +226,62 @@ def read_jsonl_partial(path: str | os.PathLike) -> list[dict]:
             raise DataError(f"{path}:{i + 1}: malformed JSON (or not UTF-8) in the middle of a log "
                             f"file; delete the file to start this step over") from None
     return rows
+
+
+# ---- resuming only what still matches, replacing only with complete results ----
+def input_hash(obj) -> str:
+    """A short fingerprint of everything that produced a result (prompt text, settings, model).
+
+    Resumable steps store it in each row ("input_hash") and reuse a row only when the hash of
+    its inputs is unchanged; canonical JSON (sorted keys) makes it independent of dict order.
+    """
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """sha256 (first 16 hex digits) of a file's bytes, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def check_replace(path: str | os.PathLike, n_rows: int, overwrite: bool = False, what: str = "rows") -> None:
+    """Refuse to replace an existing JSONL output with fewer rows (or none) unless `overwrite`.
+
+    A run that produces less than the file it would replace (an empty or cut input, a wrong
+    path) is far more often a mistake than an intent; the old file stays as it is.
+    """
+    path = Path(path)
+    if overwrite or not path.is_file():
+        return
+    old = sum(1 for line in _lines(path) if line.strip())
+    if n_rows < old:
+        raise DataError(f"{path}: would replace its {old} {what} with {n_rows}; the file is left as it is "
+                        f"(pass --overwrite to replace it anyway)")
+
+
+def check_settings(path: str | os.PathLike, settings: dict, ignore: Iterable[str] = ()) -> None:
+    """Refuse to continue work recorded in `path` (a settings.json) under other `settings`.
+
+    Each difference is named: "seed: recorded 0, now 5". Keys in `ignore` (where the work runs,
+    how many iterations to go on for) may change between runs. A missing file passes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: malformed JSON ({e}); delete it only if the run directory is to start over") from None
+    if not isinstance(old, dict):
+        raise DataError(f"{path}: expected a JSON object of settings, got {type(old).__name__}")
+    now = json.loads(json.dumps(settings, default=str))  # compare as JSON would record them
+    ignore = set(ignore)
+    diff = [f"{k}: recorded {json.dumps(old.get(k))}, now {json.dumps(now.get(k))}"
+            for k in sorted(set(old) | set(now)) if k not in ignore and old.get(k) != now.get(k)]
+    if diff:
+        raise DataError(f"{path.parent}: this run directory was made with other settings ({'; '.join(diff)}); "
+                        f"rerun with the recorded settings, or choose a new directory")

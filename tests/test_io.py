@@ -154,3 +154,36 @@ def test_read_jsonl_types_unique_and_check_name_line_and_key(tmp_path):
     f.write_text('{"s": [1, NaN]}\n')
     with pytest.raises(DataError, match=r"p\.jsonl:1: key 's' must be a list of numbers"):
         read_jsonl(f, types={"s": "list[number]"})
+
+
+def test_input_hash_is_order_independent_and_sensitive_to_content():
+    from srlm.io import input_hash
+
+    assert input_hash({"a": 1, "b": [1, 2]}) == input_hash({"b": [1, 2], "a": 1})
+    assert input_hash({"a": 1}) != input_hash({"a": 2})
+    assert input_hash(["x", "y"]) != input_hash(["y", "x"])  # reordered candidates are different inputs
+    assert len(input_hash("x")) == 16
+
+
+def test_check_replace_refuses_fewer_rows_unless_overwrite(tmp_path):
+    from srlm.io import check_replace
+
+    out = tmp_path / "out.jsonl"
+    check_replace(out, 0)  # nothing to replace
+    write_jsonl(out, [{"i": i} for i in range(3)])
+    check_replace(out, 3) and check_replace(out, 5)
+    with pytest.raises(DataError, match=r"out\.jsonl: would replace its 3 rows with 1; .* --overwrite"):
+        check_replace(out, 1)
+    check_replace(out, 0, overwrite=True)
+
+
+def test_check_settings_names_each_difference(tmp_path):
+    from srlm.io import check_settings
+
+    f = tmp_path / "run" / "settings.json"
+    check_settings(f, {"seed": 0})  # no record yet
+    write_json(f, {"seed": 0, "dpo_lr": 1e-4, "device": "cpu", "iterations": 2})
+    check_settings(f, {"seed": 0, "dpo_lr": 1e-4, "device": "cuda", "iterations": 3}, ignore=("device", "iterations"))
+    with pytest.raises(DataError, match=r"run: this run directory was made with other settings "
+                                        r"\(dpo_lr: recorded 0\.0001, now 0\.0003; seed: recorded 0, now 5\)"):
+        check_settings(f, {"seed": 5, "dpo_lr": 3e-4, "device": "cpu", "iterations": 2})
