@@ -34,7 +34,7 @@ Details worth knowing when reading the kernels:
 
 `attention_reference` below is the same maths in plain PyTorch, for tests and for reading.
 Tests: python -m pytest -q tests/kernels/test_flash_attention.py
-Speed: python kernels/bench.py --only attention   (needs a CUDA GPU)
+Speed: python -m kernels.bench --only attention   (needs a CUDA GPU)
 """
 import math
 import os

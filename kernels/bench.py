@@ -1,9 +1,9 @@
 """Speed and memory of the kernels in kernels/, each against a PyTorch baseline in the same run.
 
-    python kernels/bench.py                         # everything (attention needs a CUDA GPU)
-    python kernels/bench.py --only attention        # TFLOP/s vs SDPA's flash backend, seq 1k-8k
-    python kernels/bench.py --only logprobs         # time and peak memory vs the naive log_softmax
-    python kernels/bench.py --out bench.jsonl       # also append every figure as a JSON line
+    python -m kernels.bench                         # everything (attention needs a CUDA GPU)
+    python -m kernels.bench --only attention        # TFLOP/s vs SDPA's flash backend, seq 1k-8k
+    python -m kernels.bench --only logprobs         # time and peak memory vs the naive log_softmax
+    python -m kernels.bench --out bench.jsonl       # also append every figure as a JSON line
 
 Attention: causal, bf16, head_dim 128, 16 heads, batch * seq = 16k tokens; forward and
 forward+backward TFLOP/s of flash_attention and of F.scaled_dot_product_attention restricted
@@ -23,14 +23,10 @@ Goals (H100): attention forward+backward >= 1.0x SDPA flash at seq >= 2k; log-pr
 import argparse
 import os
 import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -34,7 +34,7 @@ Three versions, to compare line by line:
   linear_logprobs            Triton kernels for forward and dZ (GPU; CPU only when
                              TRITON_INTERPRET=1, which is how the tests run it)
 Tests: python -m pytest -q tests/kernels/test_linear_logprobs.py
-Speed and memory: python kernels/bench.py --only logprobs
+Speed and memory: python -m kernels.bench --only logprobs
 """
 import os
 

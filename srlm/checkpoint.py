@@ -13,8 +13,8 @@ Loading never holds two copies of the weights: the model is built on the meta de
 read one at a time from memory-mapped files, converted, and assigned in place. Under torchrun,
 load_hf_shards lets each rank read only the rows of its own FSDP2 shards.
 
-    model = load_model("llama-2-7b-hf", dtype=torch.bfloat16)        # or Llama.from_pretrained
-    save_hf(model.state_dict(), model.args, "out/m1", tokenizer_path="tokenizer.model")
+    model = load_model("llama-2-7b-hf", dtype=torch.bfloat16)
+    save_model(model, "out/m1", tokenizer_path="tokenizer.model")    # = save_hf(model.state_dict(), model.args, ...)
 
 Every problem with the files is a CheckpointError naming the file and key.
 """
@@ -515,6 +515,14 @@ def _tokenizer_files(tokenizer_path) -> tuple[dict[str, Path], dict]:
     if src.name in ("tokenizer.model", "tokenizer.json"):
         files = {name: src.parent / name for name in TOKENIZER_FILES if (src.parent / name).is_file()}
     return files, load_tokenizer(src).special_ids()
+
+
+def save_model(model: Llama, path, tokenizer_path=None, dtype: Optional[torch.dtype] = None,
+               max_shard_bytes: int = 5 * 2**30) -> None:
+    """Write `model` as a Hugging Face directory that `transformers.LlamaForCausalLM.from_pretrained`
+    loads, with its tokenizer.model (`tokenizer_path`, else the one it was loaded with)."""
+    save_hf(model.state_dict(), model.args, path, tokenizer_path=tokenizer_path or model.tokenizer_path,
+            dtype=dtype, max_shard_bytes=max_shard_bytes)
 
 
 def save_hf(state_dict: dict, args: ModelArgs, path, tokenizer_path=None, dtype: Optional[torch.dtype] = None,

@@ -98,7 +98,7 @@ def evaluate_model(model_dir, name: str, out_dir, eval_prompts_file, eval_groups
                    max_new_tokens: int = 48, judge_max_new_tokens: int = 48, batch_size: int = 64,
                    score_pattern: str | None = None, device: str = "cpu") -> dict:
     """Evaluate one checkpoint; cached in <out_dir>/<name>.json."""
-    from srlm.model import Llama
+    from srlm.checkpoint import load_model
     from srlm.tokenizer import Tokenizer
 
     out_dir = Path(out_dir)
@@ -106,7 +106,7 @@ def evaluate_model(model_dir, name: str, out_dir, eval_prompts_file, eval_groups
     if result_file.is_file():
         return json.loads(result_file.read_text())
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32  # as generate.py samples
-    model = Llama.from_pretrained(model_dir, dtype=dtype, device=device).eval()
+    model = load_model(model_dir, dtype=dtype, device=device).eval()
     tokenizer = Tokenizer.from_dir(model_dir)
     eval_prompts = read_jsonl(eval_prompts_file, required=("prompt",))
     eval_groups = read_jsonl(eval_groups_file, required=("prompt", "replies", "ranks"))

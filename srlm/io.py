@@ -285,3 +285,16 @@ def check_settings(path: str | os.PathLike, settings: dict, ignore: Iterable[str
     if diff:
         raise DataError(f"{path.parent}: this run directory was made with other settings ({'; '.join(diff)}); "
                         f"rerun with the recorded settings, or choose a new directory")
+
+
+def partial_log(output: str | os.PathLike, rank: int = 0, world_size: int = 1) -> Path:
+    """The resumable log a rank appends to while it works towards `output`:
+    `<output>.partial` in one process, `<output>.partial.rank{r}` under torchrun."""
+    output = Path(output)
+    return output.with_name(output.name + (f".partial.rank{rank}" if world_size > 1 else ".partial"))
+
+
+def all_partial_logs(output: str | os.PathLike) -> list[Path]:
+    """Every resumable log of `output`, whatever world size wrote it."""
+    output = Path(output)
+    return sorted(output.parent.glob(output.name + ".partial*")) if output.parent.is_dir() else []

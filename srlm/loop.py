@@ -1,15 +1,16 @@
 """The self-rewarding loop, end to end: M0 -> SFT (IFT + EFT) = M1 -> M2 -> M3 ...
 
-This driver only sequences the steps; each step is the same code its CLI runs:
+This driver only sequences the steps; each step is one library function (the CLIs train.py,
+generate.py and judge.py are thin shells over the same functions):
 
-    M1 = train.py --stage sft  on IFT + EFT, from M0
+    M1 = srlm.trainer.train (stage sft)  on IFT + EFT, from M0
     for t in 1..iterations:                        (current model M_t)
-        prompts.jsonl     = generate.py --task prompts      (self-instruction, few-shot from the seed;
-                                                             written by M_t, or a fixed model: --prompt-model)
-        candidates.jsonl  = generate.py --task responses    (N answers per prompt)
+        prompts.jsonl     = srlm.prompts.write_prompts       (self-instruction, few-shot from the seed;
+                                                              written by M_t, or a fixed model: --prompt-model)
+        candidates.jsonl  = srlm.candidates.write_candidates (N answers per prompt)
         judgements.jsonl,
-        pairs.jsonl       = judge.py                        (K judgements per answer -> AIFT pairs)
-        M_{t+1}           = train.py --stage dpo            (from M_t, which is also the reference)
+        pairs.jsonl       = srlm.pairs.write_pairs           (K judgements per answer -> AIFT pairs)
+        M_{t+1}           = srlm.trainer.train (stage dpo)   (from M_t, which is also the reference)
     after every model: srlm/evaluate.py (instruction following + reward modelling)
 
 Everything lands in one run directory, a folder per iteration, so each file can be opened to see
@@ -23,7 +24,7 @@ what the model wrote and why a pair was chosen:
     runs/default/eval/m1.json m1_answers.jsonl m1_judgements.jsonl ...
     runs/default/results.json results.md  the table printed at the end
 
-Each step is skipped when its output exists, and each CLI resumes its own partial work, so killing
+Each step is skipped when its output exists, and each step resumes its own partial work, so killing
 the command at any point and running it again loses nothing already finished.
 
     python -m srlm.loop                                   # built-in default (data/), 2-core CPU, minutes
@@ -35,18 +36,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the CLIs (train.py, generate.py, judge.py) live at the top level
-    sys.path.insert(0, str(ROOT))
+from srlm import dist
+from srlm.candidates import CandidateSettings, write_candidates
+from srlm.evaluate import evaluate_model, head_to_head, load_answers
+from srlm.io import atomic_write_text, read_jsonl, write_json, write_jsonl
+from srlm.loading import load_for_inference
+from srlm.pairs import JudgeSettings, write_pairs
+from srlm.prompts import SelfInstructSettings, write_prompts
+from srlm.trainer import TrainConfig, train
 
-from srlm import dist  # noqa: E402
-from srlm.io import atomic_write_text, read_jsonl, write_json, write_jsonl  # noqa: E402
-
-DATA = ROOT / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 # Two sets of defaults. "paper": the paper's hyperparameters, for a real Llama-2 checkpoint.
 # "tiny": the built-in world's 1-2M-parameter model on a CPU; it needs far larger learning rates
@@ -69,6 +71,33 @@ SETTINGS = {
                  eval_max_new_tokens=24, prompt_model="current", similarity_threshold=0.9),
 }
 
+HELP = {
+    "num_prompts": "new prompts self-instructed per iteration",
+    "n_candidates": "candidate answers sampled per prompt (N)",
+    "n_judgements": "judgements sampled per candidate, averaged (K)",
+    "judge_template": "judge prompt: 'default' (the paper's rubric), 'compact' or a template file",
+    "prompt_temperature": "sampling temperature when writing prompts",
+    "response_temperature": "sampling temperature for candidate answers",
+    "judge_temperature": "sampling temperature for judgements",
+    "top_p": "nucleus sampling threshold, every sampling step",
+    "max_new_tokens": "longest candidate answer, in tokens",
+    "judge_max_new_tokens": "longest judgement, in tokens",
+    "prompt_max_new_tokens": "longest self-instructed prompt, in tokens",
+    "sft_lr": "SFT peak learning rate",
+    "sft_min_lr": "SFT learning rate at the last step (cosine decay)",
+    "sft_epochs": "SFT epochs over IFT + EFT",
+    "sft_batch_size": "SFT sequences per optimizer step",
+    "sft_dropout": "SFT dropout",
+    "dpo_lr": "DPO peak learning rate",
+    "dpo_min_lr": "DPO learning rate at the last step",
+    "dpo_epochs": "DPO epochs over an iteration's pairs",
+    "dpo_batch_size": "DPO pairs per optimizer step",
+    "beta": "DPO beta: how far the policy may move from the reference",
+    "eval_max_new_tokens": "longest answer in the evaluation, in tokens",
+    "prompt_model": "who writes the prompts: 'current' (M_t), 'base' (M0) or a checkpoint directory",
+    "similarity_threshold": "ROUGE-L at which a new prompt counts as a near-duplicate",
+}
+
 
 def log(msg: str) -> None:
     if dist.is_main():
@@ -76,7 +105,7 @@ def log(msg: str) -> None:
 
 
 def step(name: str, output: Path, fn) -> None:
-    """Run one step unless its final output already exists (each CLI writes it atomically, last)."""
+    """Run one step unless its final output already exists (each step writes it atomically, last)."""
     if output.exists():
         log(f"{name}: done already ({output})")
         return
@@ -86,20 +115,16 @@ def step(name: str, output: Path, fn) -> None:
 
 
 def run(a) -> dict:
-    import generate
-    import judge
-    import train
-    from srlm.evaluate import evaluate_model, head_to_head, load_answers
-
     s = {**SETTINGS[a.settings], **{k: v for k, v in vars(a).items() if k in SETTINGS["tiny"] and v is not None}}
     run_dir = Path(a.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main():
         write_json(run_dir / "settings.json", {**vars(a), **s})
-    common = ["--device", a.device, "--seed", str(a.seed)]
-    # M0's tokenizer, where its directory has none (Meta's download keeps tokenizer.model beside
-    # the weights' folder). SFT copies it into M1, so every later model carries its own.
-    tokenizer = ["--tokenizer", str(a.tokenizer)] if a.tokenizer else []
+    rank, world_size, device = dist.init_distributed(a.device)
+    ranks = dict(rank=rank, world_size=world_size)
+
+    def load(model_dir: Path):  # a model to sample from; M0 may keep its tokenizer elsewhere (--tokenizer)
+        return load_for_inference(model_dir, a.tokenizer if model_dir == Path(a.base_model) else None, device)
 
     def evaluate(model_dir: Path, name: str) -> dict:
         if a.skip_eval:
@@ -114,11 +139,14 @@ def run(a) -> dict:
         return out
 
     # ---- M1: SFT on IFT + EFT ----
+    # M0's tokenizer comes from --tokenizer where its directory has none (Meta's download keeps
+    # tokenizer.model beside the weights' folder). SFT copies it into M1, so every later model
+    # carries its own.
     m1 = run_dir / "m1"
-    step("SFT (M0 -> M1)", m1 / "metrics.jsonl", lambda: train.main([
-        "--stage", "sft", "--init", str(a.base_model), "--data", str(a.ift), str(a.eft), "--out", str(m1),
-        "--lr", str(s["sft_lr"]), "--min-lr", str(s["sft_min_lr"]), "--epochs", str(s["sft_epochs"]),
-        "--batch-size", str(s["sft_batch_size"]), "--dropout", str(s["sft_dropout"]), *tokenizer, *common]))
+    step("SFT (M0 -> M1)", m1 / "metrics.jsonl", lambda: train(TrainConfig(
+        stage="sft", init=str(a.base_model), data=[str(a.ift), str(a.eft)], out=str(m1), tokenizer=a.tokenizer,
+        lr=s["sft_lr"], min_lr=s["sft_min_lr"], epochs=s["sft_epochs"], batch_size=s["sft_batch_size"],
+        dropout=s["sft_dropout"], device=a.device, seed=a.seed)))
     models = [("m1", m1)]
     results = {"m1": evaluate(m1, "m1")}
 
@@ -126,54 +154,49 @@ def run(a) -> dict:
     current, generated_pools = m1, []
     for t in range(1, a.iterations + 1):
         it = run_dir / f"iter{t}"
-        seed = str(a.seed + t)
+        seed = a.seed + t
         prompts, candidates = it / "prompts.jsonl", it / "candidates.jsonl"
         judgements, pairs, next_model = it / "judgements.jsonl", it / "pairs.jsonl", it / "model"
-        pool = []
+        earlier = None
         if generated_pools:  # every prompt written in earlier iterations, in one file
             earlier = it / "earlier_prompts.jsonl"
             if dist.is_main() and not earlier.exists():
                 write_jsonl(earlier, [r for f in generated_pools for r in read_jsonl(f)])
             dist.barrier()
-            pool = ["--generated-pool", str(earlier)]
         # Who writes the new prompts: the current model M_t (the method as described, the default),
         # or a fixed model ("base" = M0, or a checkpoint path) that keeps the prompt distribution
         # still across iterations, so that only the answers and judgements change.
         writer = {"current": current, "base": Path(a.base_model)}.get(s["prompt_model"], Path(s["prompt_model"]))
 
         def self_instruct():
-            summary = generate.main([
-                "--task", "prompts", "--model", str(writer), "--seed-pool", str(a.seed_prompts), *pool,
-                *(tokenizer if writer == Path(a.base_model) else []),
-                "--num-prompts", str(s["num_prompts"]), "--output", str(prompts),
-                "--temperature", str(s["prompt_temperature"]), "--top-p", str(s["top_p"]),
-                "--max-new-tokens", str(s["prompt_max_new_tokens"]),
-                "--similarity-threshold", str(s["similarity_threshold"]), "--device", a.device, "--seed", seed])
+            settings = SelfInstructSettings(
+                num_prompts=s["num_prompts"], similarity_threshold=s["similarity_threshold"],
+                temperature=s["prompt_temperature"], top_p=s["top_p"], max_new_tokens=s["prompt_max_new_tokens"],
+                seed=seed)
+            summary = write_prompts(*load(writer), a.seed_prompts, prompts, settings, generated_pool=earlier,
+                                    model_name=str(writer), **ranks)
             if summary is not None:  # rank 0: how many prompts were tried, and why the others were rejected
                 write_json(it / "prompts_summary.json", summary)
 
         step(f"iteration {t}: self-instruct prompts", prompts, self_instruct)
         generated_pools.append(prompts)
-        step(f"iteration {t}: candidates", candidates, lambda: generate.main([
-            "--task", "responses", "--model", str(current), "--input", str(prompts), "--output", str(candidates),
-            "--n", str(s["n_candidates"]), "--temperature", str(s["response_temperature"]),
-            "--top-p", str(s["top_p"]), "--max-new-tokens", str(s["max_new_tokens"]),
-            "--device", a.device, "--seed", seed]))
-        step(f"iteration {t}: judge + pairs", pairs, lambda: judge.main([
-            "--model", str(current), "--input", str(candidates), "--judgements", str(judgements),
-            "--pairs", str(pairs), "--k", str(s["n_judgements"]), "--template", s["judge_template"],
-            "--temperature", str(s["judge_temperature"]), "--top-p", str(s["top_p"]),
-            "--max-new-tokens", str(s["judge_max_new_tokens"]), "--device", a.device, "--seed", seed,
-            *(["--score-pattern", a.score_pattern] if a.score_pattern else [])]))
+        step(f"iteration {t}: candidates", candidates, lambda: write_candidates(
+            *load(current), prompts, candidates, CandidateSettings(
+                n=s["n_candidates"], temperature=s["response_temperature"], top_p=s["top_p"],
+                max_new_tokens=s["max_new_tokens"], seed=seed), **ranks))
+        step(f"iteration {t}: judge + pairs", pairs, lambda: write_pairs(
+            *load(current), candidates, judgements, pairs, JudgeSettings(
+                k=s["n_judgements"], template=s["judge_template"], score_pattern=a.score_pattern,
+                temperature=s["judge_temperature"], top_p=s["top_p"], max_new_tokens=s["judge_max_new_tokens"],
+                seed=seed), **ranks))
         n_pairs = len(read_jsonl(pairs)) if pairs.exists() else 0
         if n_pairs == 0:
             log(f"iteration {t}: no preference pairs were built; stopping the loop here")
             break
-        step(f"iteration {t}: DPO (M{t} -> M{t + 1})", next_model / "metrics.jsonl", lambda: train.main([
-            "--stage", "dpo", "--init", str(current), "--data", str(pairs), "--out", str(next_model),
-            "--lr", str(s["dpo_lr"]), "--min-lr", str(s["dpo_min_lr"]), "--epochs", str(s["dpo_epochs"]),
-            "--batch-size", str(s["dpo_batch_size"]), "--beta", str(s["beta"]), "--dropout", "0.0",
-            "--device", a.device, "--seed", seed]))
+        step(f"iteration {t}: DPO (M{t} -> M{t + 1})", next_model / "metrics.jsonl", lambda: train(TrainConfig(
+            stage="dpo", init=str(current), data=[str(pairs)], out=str(next_model), lr=s["dpo_lr"],
+            min_lr=s["dpo_min_lr"], epochs=s["dpo_epochs"], batch_size=s["dpo_batch_size"], beta=s["beta"],
+            dropout=0.0, device=a.device, seed=seed)))
         name = f"m{t + 1}"
         models.append((name, next_model))
         results[name] = evaluate(next_model, name)
@@ -281,7 +304,8 @@ def main(argv=None):
     p.add_argument("--settings", choices=sorted(SETTINGS), default=None,
                    help="default hyperparameters: 'tiny' for the built-in M0, else 'paper'")
     for key, value in SETTINGS["tiny"].items():  # every setting can be overridden on its own
-        p.add_argument("--" + key.replace("_", "-"), type=type(value), default=None)
+        p.add_argument("--" + key.replace("_", "-"), type=type(value), default=None,
+                       help=f"{HELP[key]} (tiny {value}, paper {SETTINGS['paper'][key]})")
     p.add_argument("--score-pattern", default=None, help="regex for the judge's score (default: 'Score: N' lines)")
     p.add_argument("--skip-eval", action="store_true", help="run the loop without the evaluations")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")

@@ -8,7 +8,7 @@ Hugging Face names and rotary layout onto these.
     model = Llama(ModelArgs.preset("tiny"))
     logits = model(tokens)                          # (B, T, vocab)
     hidden = model(tokens, return_hidden=True)      # (B, T, dim), for fused log-prob losses
-    model = Llama.from_pretrained("path/to/llama-2-7b-hf", dtype=torch.bfloat16)
+    # checkpoints on disk: srlm/checkpoint.py (load_model, save_model)
 
 Run the self-check (tiny model, one forward pass): `python -m srlm.model`.
 """
@@ -304,7 +304,7 @@ class Llama(nn.Module):
         # A plain attribute, not a buffer: it stays complex64 when the weights move to bf16 and it
         # is never part of a checkpoint. Moved to the activations' device on first use.
         self.freqs_cis = precompute_freqs_cis(args.head_dim, args.max_seq_len, args.rope_theta)
-        self.tokenizer_path: Optional[str] = None  # remembered by from_pretrained, copied by save_pretrained
+        self.tokenizer_path: Optional[str] = None  # set by checkpoint.load_model, copied by save_model
         if not any(p.is_meta for p in self.parameters()):
             self.apply(self._init_weights)
 
@@ -374,22 +374,6 @@ class Llama(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # parameters() yields a tied matrix once
-
-    # ---- checkpoints: Hugging Face and Meta formats (srlm/checkpoint.py) ----
-    @classmethod
-    def from_pretrained(cls, path, dtype: torch.dtype = torch.float32, device="cpu", **arg_overrides) -> "Llama":
-        """Load a Hugging Face Llama directory (config.json + safetensors) or a Meta one (params.json + .pth)."""
-        from srlm.checkpoint import load_model
-
-        return load_model(path, dtype=dtype, device=device, **arg_overrides)
-
-    def save_pretrained(self, path, tokenizer_path=None, dtype: Optional[torch.dtype] = None,
-                        max_shard_bytes: int = 5 * 2**30) -> None:
-        """Write a Hugging Face directory that `transformers.LlamaForCausalLM.from_pretrained` loads."""
-        from srlm.checkpoint import save_hf
-
-        save_hf(self.state_dict(), self.args, path, tokenizer_path=tokenizer_path or self.tokenizer_path,
-                dtype=dtype, max_shard_bytes=max_shard_bytes)
 
 
 if __name__ == "__main__":

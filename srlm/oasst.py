@@ -318,14 +318,14 @@ def main(argv: list[str] | None = None) -> dict:
         import torch
 
         from srlm.judge import make_model_judge
-        from srlm.model import Llama
+        from srlm.checkpoint import load_model
         from srlm.tokenizer import Tokenizer
 
         template = load_template(args.template)
         if args.score_pattern:
             parse_score("", args.score_pattern)          # fail early on a bad pattern
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = Llama.from_pretrained(args.judge_model, dtype=getattr(torch, args.dtype), device=device)
+        model = load_model(args.judge_model, dtype=getattr(torch, args.dtype), device=device)
         model.eval()
         judge_fn = make_model_judge(model, Tokenizer.from_dir(args.judge_model),
                                     max_new_tokens=args.max_new_tokens, temperature=args.temperature,

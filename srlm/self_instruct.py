@@ -2,7 +2,7 @@
 
 Step 1 of each self-rewarding iteration writes new prompts by few-shot prompting (paper: 8 examples,
 6 from the IFT seed and 2 from prompts generated earlier; sampled at temperature 0.6, top-p 0.9),
-then drops near-duplicates and prompts of bad length. generate.py --task prompts runs the model;
+then drops near-duplicates and prompts of bad length. srlm/prompts.py runs the model;
 everything here is plain Python on strings, so it is tested without a model.
 
 The few-shot text is a numbered list that the model continues:

@@ -53,6 +53,7 @@ from torch import nn
 from tqdm import tqdm
 
 from srlm import dist as sdist
+from srlm.checkpoint import load_hf_args, load_hf_shards, load_model, save_hf
 from srlm.data import batch_indices, collate, collate_pairs, load_rows, tokenize
 from srlm.dpo import dpo_loss
 from srlm.io import DataError, append_jsonl, read_jsonl_partial, replace_dir, write_jsonl
@@ -236,7 +237,7 @@ def build_model(cfg: TrainConfig, tokenizer: Tokenizer, source: Optional[Path]) 
     """The model to train, on the CPU in fp32: from `source` (an HF dir) or fresh from cfg.model_config."""
     overrides = _arg_overrides(cfg)
     if source is not None:
-        return Llama.from_pretrained(source, dtype=torch.float32, device="cpu", **overrides)
+        return load_model(source, dtype=torch.float32, device="cpu", **overrides)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     return Llama(fresh_model_args(cfg.model_config, tokenizer, overrides))
 
@@ -271,8 +272,6 @@ def build_sharded_model(cfg: TrainConfig, tokenizer: Tokenizer, source: Optional
          full tensor on each device.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-    from srlm.checkpoint import load_hf_args, load_hf_shards
 
     per_rank = source is not None and (source / "config.json").is_file()
     if per_rank:
@@ -330,8 +329,6 @@ def save_training_state(ckpt_dir: Path, wrapped: LogprobModel, optimizer, step: 
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        from srlm.checkpoint import save_hf
-
         save_hf(model_state, wrapped.model.args, tmp / "model", tokenizer_path=tokenizer_path)
         torch.save(optim_state, tmp / "optimizer.pt")
         torch.save({"step": step, "rng": rngs, "world_size": len(rngs), "config": json.dumps(asdict(cfg))},
@@ -692,8 +689,6 @@ def train(cfg: TrainConfig) -> dict:
                "prompts_cut": cut.prompts_cut, "answers_cut": cut.answers_cut,
                "train_time_s": time.time() - t_start, **{k: v for k, v in last.items() if k != "step"}}
     if sdist.is_main():
-        from srlm.checkpoint import save_hf
-
         save_dtype = parse_dtype(cfg.save_dtype, torch.device("cpu"))
         save_hf(state, model.args, out, tokenizer_path=tokenizer.path, dtype=save_dtype)
         log_rows = read_jsonl_partial(metrics_path) + [summary]

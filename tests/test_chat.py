@@ -150,17 +150,18 @@ def test_hf_tokenizer_errors(tmp_path, chatml_dir, monkeypatch):
 def test_save_keeps_tokenizer_files_and_template(chatml_dir, tmp_path):
     import torch
 
+    from srlm.checkpoint import load_model, save_model
     from srlm.model import Llama, ModelArgs
 
     torch.manual_seed(0)
     model = Llama(ModelArgs(dim=32, n_layers=1, n_heads=2, vocab_size=400, hidden_dim=64, max_seq_len=32,
                             tie_embeddings=True))
-    model.save_pretrained(tmp_path / "ckpt", tokenizer_path=chatml_dir / "tokenizer.json")
+    save_model(model, tmp_path / "ckpt", tokenizer_path=chatml_dir / "tokenizer.json")
     names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert names == ["chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
                      "tokenizer.json", "tokenizer_config.json"]
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (1, 2, 2)
-    reloaded = Llama.from_pretrained(tmp_path / "ckpt")
+    reloaded = load_model(tmp_path / "ckpt")
     assert reloaded.tokenizer_path == str(tmp_path / "ckpt" / "tokenizer.json")
     assert load_tokenizer(tmp_path / "ckpt").encode_prompt("Hi") == load_tokenizer(chatml_dir).encode_prompt("Hi")

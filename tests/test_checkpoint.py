@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from srlm.checkpoint import CheckpointError, _meta_split_dim, permute_hf_to_meta, permute_meta_to_hf
+from srlm.checkpoint import (CheckpointError, _meta_split_dim, load_model, permute_hf_to_meta, permute_meta_to_hf,
+                             save_model)
 from srlm.model import Llama, ModelArgs
 
 TINY_GQA = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, hidden_dim=96, max_seq_len=64)
@@ -52,29 +53,29 @@ def hf_reference_model(transformers):
 def test_parity_their_save_our_load(transformers, tmp_path):
     hf = hf_reference_model(transformers)
     hf.save_pretrained(tmp_path)
-    ours = Llama.from_pretrained(tmp_path).eval()
+    ours = load_model(tmp_path).eval()
     assert ours.args.n_kv_heads == 2 and ours.args.ffn_hidden_dim == 96
     assert (logits(hf) - logits(ours)).abs().max() <= 1e-4
 
 
 def test_parity_our_save_their_load(transformers, tmp_path):
     ours = tiny_model()
-    ours.save_pretrained(tmp_path / "ckpt")
+    save_model(ours, tmp_path / "ckpt")
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "ckpt").eval()
     assert (logits(hf) - logits(ours)).abs().max() <= 1e-4
 
 
 def test_sharded_save_round_trip(tmp_path):
     model = tiny_model()
-    model.save_pretrained(tmp_path / "ckpt", max_shard_bytes=40_000)
+    save_model(model, tmp_path / "ckpt", max_shard_bytes=40_000)
     index = json.loads((tmp_path / "ckpt" / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
-    torch.testing.assert_close(logits(Llama.from_pretrained(tmp_path / "ckpt")), logits(model))
+    torch.testing.assert_close(logits(load_model(tmp_path / "ckpt")), logits(model))
 
 
 def test_sharded_save_loads_in_transformers(transformers, tmp_path):
     model = tiny_model()
-    model.save_pretrained(tmp_path / "ckpt", max_shard_bytes=40_000)
+    save_model(model, tmp_path / "ckpt", max_shard_bytes=40_000)
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "ckpt").eval()
     assert (logits(hf) - logits(model)).abs().max() <= 1e-4
 
@@ -82,19 +83,19 @@ def test_sharded_save_loads_in_transformers(transformers, tmp_path):
 def test_save_overwrites_atomically_and_copies_tokenizer(tmp_path):
     tok = tmp_path / "tokenizer.model"
     shutil.copyfile(Path(__file__).parents[1] / "data" / "tokenizer.model", tok)
-    tiny_model(0).save_pretrained(tmp_path / "ckpt", tokenizer_path=tok)
+    save_model(tiny_model(0), tmp_path / "ckpt", tokenizer_path=tok)
     second = tiny_model(1)
-    second.save_pretrained(tmp_path / "ckpt", tokenizer_path=tok)
+    save_model(second, tmp_path / "ckpt", tokenizer_path=tok)
     assert (tmp_path / "ckpt" / "tokenizer.model").read_bytes() == tok.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "tokenizer.model"]  # no temp folders left
-    reloaded = Llama.from_pretrained(tmp_path / "ckpt")
+    reloaded = load_model(tmp_path / "ckpt")
     torch.testing.assert_close(logits(reloaded), logits(second))
     assert reloaded.tokenizer_path == str(tmp_path / "ckpt" / "tokenizer.model")
 
 
 def test_load_in_bfloat16(tmp_path):
-    tiny_model().save_pretrained(tmp_path / "ckpt")
-    model = Llama.from_pretrained(tmp_path / "ckpt", dtype=torch.bfloat16)
+    save_model(tiny_model(), tmp_path / "ckpt")
+    model = load_model(tmp_path / "ckpt", dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
     assert not any(p.is_meta for p in model.parameters())
 
@@ -129,9 +130,9 @@ def test_meta_two_shard_load_equals_hf_load(tmp_path):
     # multiple_of=32 gives the FFN size 192 from the 2/3*4*dim rule, which Meta's params.json implies
     model = Llama(ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32)).eval()
     write_meta_checkpoint(model, tmp_path / "meta")
-    model.save_pretrained(tmp_path / "hf")
-    from_meta = Llama.from_pretrained(tmp_path / "meta")
-    from_hf = Llama.from_pretrained(tmp_path / "hf")
+    save_model(model, tmp_path / "hf")
+    from_meta = load_model(tmp_path / "meta")
+    from_hf = load_model(tmp_path / "hf")
     assert from_meta.args.vocab_size == 128  # taken from the embedding since params.json says -1
     torch.testing.assert_close(logits(from_meta), logits(from_hf))
     torch.testing.assert_close(logits(from_meta), logits(model))
@@ -147,7 +148,7 @@ def test_meta_split_dims():
 # ---- bad input: a clear CheckpointError naming the file and key ----
 @pytest.fixture
 def saved(tmp_path):
-    tiny_model().save_pretrained(tmp_path / "ckpt")
+    save_model(tiny_model(), tmp_path / "ckpt")
     return tmp_path / "ckpt"
 
 
@@ -161,36 +162,36 @@ def resave(path, edit):
 
 def test_error_missing_directory(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
-        Llama.from_pretrained(tmp_path / "nope")
+        load_model(tmp_path / "nope")
 
 
 def test_error_directory_without_config(tmp_path):
     with pytest.raises(CheckpointError, match="neither config.json"):
-        Llama.from_pretrained(tmp_path)
+        load_model(tmp_path)
 
 
 def test_error_missing_weights_file(saved):
     (saved / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="no model.safetensors"):
-        Llama.from_pretrained(saved)
+        load_model(saved)
 
 
 def test_error_missing_key(saved):
     resave(saved, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
     with pytest.raises(CheckpointError, match=r"missing 1 weight.*layers\.1\.feed_forward\.w3"):
-        Llama.from_pretrained(saved)
+        load_model(saved)
 
 
 def test_error_unexpected_key(saved):
     resave(saved, lambda t: t.update({"model.layers.0.extra.weight": torch.zeros(2)}))
     with pytest.raises(CheckpointError, match=r"model\.safetensors.*unexpected key 'model\.layers\.0\.extra\.weight'"):
-        Llama.from_pretrained(saved)
+        load_model(saved)
 
 
 def test_error_shape_mismatch(saved):
     resave(saved, lambda t: t.update({"model.norm.weight": torch.ones(65)}))
     with pytest.raises(CheckpointError, match=r"norm\.weight has shape \(65,\)"):
-        Llama.from_pretrained(saved)
+        load_model(saved)
 
 
 def test_error_config_contradicts_weights(saved):
@@ -198,7 +199,7 @@ def test_error_config_contradicts_weights(saved):
     config["intermediate_size"] = 100
     (saved / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"config\.json.*contradicts"):
-        Llama.from_pretrained(saved)
+        load_model(saved)
 
 
 def test_error_config_missing_key(saved):
@@ -206,26 +207,26 @@ def test_error_config_missing_key(saved):
     del config["hidden_size"]
     (saved / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"config\.json: missing key 'hidden_size'"):
-        Llama.from_pretrained(saved)
+        load_model(saved)
 
 
 def test_error_truncated_safetensors(saved):
     data = (saved / "model.safetensors").read_bytes()
     (saved / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=r"model\.safetensors.*truncated or corrupt"):
-        Llama.from_pretrained(saved)
+        load_model(saved)
 
 
 def test_error_garbage_safetensors(saved):
     (saved / "model.safetensors").write_bytes(b"\x00" * 100)
     with pytest.raises(CheckpointError, match=r"model\.safetensors"):
-        Llama.from_pretrained(saved)
+        load_model(saved)
 
 
 def test_error_malformed_config_json(saved):
     (saved / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"config\.json: malformed JSON"):
-        Llama.from_pretrained(saved)
+        load_model(saved)
 
 
 def test_error_corrupt_meta_shard(tmp_path):
@@ -233,7 +234,7 @@ def test_error_corrupt_meta_shard(tmp_path):
                           tmp_path / "meta")
     (tmp_path / "meta" / "consolidated.01.pth").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match=r"consolidated\.01\.pth"):
-        Llama.from_pretrained(tmp_path / "meta")
+        load_model(tmp_path / "meta")
 
 
 
@@ -244,13 +245,13 @@ def test_error_non_finite_weights_name_the_tensor(saved):
     resave(saved, poison)
     with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor 'layers\.1\.attention\.wv\.weight' "
                                               r"holds non-finite values"):
-        Llama.from_pretrained(saved)
+        load_model(saved)
     with pytest.raises(CheckpointError, match=r"'model\.layers\.1\.self_attn\.v_proj\.weight' holds non-finite"):
         load_per_rank(saved)
 
 
 def test_error_index_entry_outside_the_checkpoint_folder(tmp_path):
-    tiny_model().save_pretrained(tmp_path / "ckpt", max_shard_bytes=40_000)
+    save_model(tiny_model(), tmp_path / "ckpt", max_shard_bytes=40_000)
     index = tmp_path / "ckpt" / "model.safetensors.index.json"
     good = json.loads(index.read_text())
     shard = next(iter(good["weight_map"].values()))
@@ -259,7 +260,7 @@ def test_error_index_entry_outside_the_checkpoint_folder(tmp_path):
         edited = {**good, "weight_map": {**good["weight_map"], "model.norm.weight": bad}}
         index.write_text(json.dumps(edited))
         with pytest.raises(CheckpointError, match=r"index\.json: weight_map names the file .* not inside"):
-            Llama.from_pretrained(tmp_path / "ckpt")
+            load_model(tmp_path / "ckpt")
 
 
 @pytest.mark.parametrize("config, error", [
@@ -274,7 +275,7 @@ def test_error_config_value_types(saved, config, error):
         config = {**json.loads((saved / "config.json").read_text()), **config}
     (saved / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=error):
-        Llama.from_pretrained(saved)
+        load_model(saved)
 
 
 def test_error_meta_params_value_types(tmp_path):
@@ -283,7 +284,7 @@ def test_error_meta_params_value_types(tmp_path):
     params = json.loads((tmp_path / "meta" / "params.json").read_text())
     (tmp_path / "meta" / "params.json").write_text(json.dumps({**params, "n_heads": "4"}))
     with pytest.raises(CheckpointError, match=r"params\.json: key 'n_heads' must be a positive integer, got '4'"):
-        Llama.from_pretrained(tmp_path / "meta")
+        load_model(tmp_path / "meta")
 
 
 def test_tokenizer_of_a_missing_model_directory_says_so(tmp_path):
@@ -306,9 +307,9 @@ def load_per_rank(path):
 
 @pytest.mark.parametrize("layout", ["single", "sharded", "bf16"])
 def test_load_hf_shards_equals_load_model(tmp_path, layout):
-    tiny_model().save_pretrained(tmp_path / "ckpt", max_shard_bytes=40_000 if layout == "sharded" else 2**30,
+    save_model(tiny_model(), tmp_path / "ckpt", max_shard_bytes=40_000 if layout == "sharded" else 2**30,
                                  dtype=torch.bfloat16 if layout == "bf16" else None)
-    ours, ref = load_per_rank(tmp_path / "ckpt").state_dict(), Llama.from_pretrained(tmp_path / "ckpt").state_dict()
+    ours, ref = load_per_rank(tmp_path / "ckpt").state_dict(), load_model(tmp_path / "ckpt").state_dict()
     assert ours.keys() == ref.keys()
     for k in ref:
         assert ours[k].dtype == torch.float32 and torch.equal(ours[k], ref[k]), k
@@ -342,7 +343,7 @@ def test_their_tied_rope_headdim_model_loads_exactly(transformers, tmp_path):
     hf = tied_hf_model(transformers)
     hf.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    ours = Llama.from_pretrained(tmp_path).eval()
+    ours = load_model(tmp_path).eval()
     assert ours.args.rope_theta == 100000.0 and ours.args.head_dim == 8 and ours.args.tie_embeddings
     assert ("rope_theta" in config) or config["rope_parameters"]["rope_theta"] == 100000.0
     assert ours.output.weight is ours.tok_embeddings.weight
@@ -352,7 +353,7 @@ def test_their_tied_rope_headdim_model_loads_exactly(transformers, tmp_path):
 
 @pytest.mark.parametrize("layout", ["transformers4", "transformers5"])
 def test_rope_theta_from_either_layout(tmp_path, layout):
-    tiny_model().save_pretrained(tmp_path / "ckpt")
+    save_model(tiny_model(), tmp_path / "ckpt")
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     del config["rope_theta"], config["rope_scaling"]
     if layout == "transformers4":
@@ -360,7 +361,7 @@ def test_rope_theta_from_either_layout(tmp_path, layout):
     else:
         config["rope_parameters"] = {"rope_theta": 100000.0, "rope_type": "default"}
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
-    assert Llama.from_pretrained(tmp_path / "ckpt").args.rope_theta == 100000.0
+    assert load_model(tmp_path / "ckpt").args.rope_theta == 100000.0
 
 
 @pytest.mark.parametrize("key, value, error", [
@@ -380,7 +381,7 @@ def test_config_refuses_what_srlm_does_not_implement(saved, key, value, error):
     config[key] = value
     (saved / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"config\.json: .*" + error):
-        Llama.from_pretrained(saved)
+        load_model(saved)
 
 
 # ---- tied embeddings: one parameter, counted, optimised, sharded and saved once ----
@@ -405,14 +406,14 @@ def test_tied_save_is_written_once_and_loads_in_transformers(transformers, tmp_p
     from safetensors import safe_open
 
     model = tied_model()
-    model.save_pretrained(tmp_path / "ckpt")
+    save_model(model, tmp_path / "ckpt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp folder left
     names = safe_open(str(tmp_path / "ckpt" / "model.safetensors"), "pt").keys()
     assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
     assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["tie_word_embeddings"] is True
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "ckpt").eval()
     assert (logits(hf) - logits(model)).abs().max() <= 1e-4
-    reloaded = Llama.from_pretrained(tmp_path / "ckpt")
+    reloaded = load_model(tmp_path / "ckpt")
     assert reloaded.output.weight is reloaded.tok_embeddings.weight
     torch.testing.assert_close(logits(reloaded), logits(model))
     per_rank = load_per_rank(tmp_path / "ckpt")
@@ -420,7 +421,7 @@ def test_tied_save_is_written_once_and_loads_in_transformers(transformers, tmp_p
 
 
 def test_tied_checkpoint_with_a_different_head_is_refused(tmp_path):
-    tied_model().save_pretrained(tmp_path / "ckpt")
+    save_model(tied_model(), tmp_path / "ckpt")
     resave(tmp_path / "ckpt", lambda t: t.update({"lm_head.weight": torch.zeros(128, 64)}))
     with pytest.raises(CheckpointError, match=r"lm_head\.weight differs from model\.embed_tokens\.weight"):
-        Llama.from_pretrained(tmp_path / "ckpt")
+        load_model(tmp_path / "ckpt")

@@ -15,6 +15,7 @@ import torch
 import generate as gen
 from conftest import ROOT, shared_file
 from srlm.io import DataError, append_jsonl, read_jsonl, write_jsonl
+from srlm.checkpoint import load_model, save_model
 from srlm.model import Llama, ModelArgs
 
 PROMPTS = [
@@ -31,7 +32,7 @@ def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     model = Llama(ModelArgs.preset("tiny", vocab_size=1000))
     path = tmp_path_factory.mktemp("model") / "tiny"
-    model.save_pretrained(path, tokenizer_path=tok_path)
+    save_model(model, path, tokenizer_path=tok_path)
     return path
 
 
@@ -69,7 +70,7 @@ def test_greedy_candidates_are_the_sampler_output(model_dir, prompts_file, tmp_p
 
     out = tmp_path / "candidates.jsonl"
     run_responses(model_dir, prompts_file, out, "--temperature", "0")
-    model = Llama.from_pretrained(model_dir)
+    model = load_model(model_dir)
     tok = Tokenizer.from_dir(model_dir)
     for row, p in zip(read_jsonl(out), PROMPTS):
         ids = generate(model, [tok.encode_prompt(p["prompt"])], 6, eos_id=tok.eos_id)[0]

@@ -12,7 +12,8 @@ import torch
 import judge
 from conftest import shared_file
 from srlm.io import DataError, read_jsonl, write_jsonl
-from srlm.judge import COMPACT_TEMPLATE
+from srlm.judge import COMPACT_TEMPLATE, pairs_from_judgements
+from srlm.pairs import judge_candidates, load_candidates, load_groups
 
 CANDIDATES = [
     {"id": "p1", "prompt": "Name a prime.", "candidates": ["score 2", "score 5", "score 4"]},
@@ -35,7 +36,7 @@ def fake_judge(calls):
 def test_judge_candidates_rows_pairs_and_chunk_seeds(tmp_path):
     calls = []
     out = tmp_path / "judgements.jsonl"
-    rows = judge.judge_candidates(CANDIDATES, fake_judge(calls), out, k=2, template=COMPACT_TEMPLATE,
+    rows = judge_candidates(CANDIDATES, fake_judge(calls), out, k=2, template=COMPACT_TEMPLATE,
                                   chunk_size=3, seed=10, progress=False)
     assert calls == [(6, 10), (6, 11), (4, 12)]                 # 8 candidates in chunks of 3, x2
     assert rows == read_jsonl(out) and len(rows) == 8
@@ -45,7 +46,7 @@ def test_judge_candidates_rows_pairs_and_chunk_seeds(tmp_path):
                        "scores": [5.0, 5.0], "mean_score": 5.0}
     assert rows[5]["scores"] == [None, None] and rows[5]["mean_score"] is None
     assert not list(tmp_path.glob("*.partial"))                 # merged and removed
-    pairs, summary = judge.pairs_from_judgements(CANDIDATES, rows, 1)
+    pairs, summary = pairs_from_judgements(CANDIDATES, rows, 1)
     assert [(p["id"], p["chosen"], p["rejected"]) for p in pairs] == \
         [("p1", "score 5", "score 2"), ("p3", "score 1", "score 0")]   # p2 is a tie
     assert summary["parse_failure_rate"] == 2 / 16
@@ -62,16 +63,16 @@ def test_judge_candidates_resumes_after_a_kill(tmp_path):
         return inner(prompts, seed)
 
     with pytest.raises(KeyboardInterrupt):
-        judge.judge_candidates(CANDIDATES, dies_on_second_chunk, out, k=1, template=COMPACT_TEMPLATE,
+        judge_candidates(CANDIDATES, dies_on_second_chunk, out, k=1, template=COMPACT_TEMPLATE,
                                chunk_size=3, progress=False)
     assert not out.exists() and len(read_jsonl(tmp_path / "judgements.jsonl.rank0.partial")) == 3
     calls.clear()
-    rows = judge.judge_candidates(CANDIDATES, inner, out, k=1, template=COMPACT_TEMPLATE,
+    rows = judge_candidates(CANDIDATES, inner, out, k=1, template=COMPACT_TEMPLATE,
                                   chunk_size=3, progress=False)
     assert [seed for _, seed in calls] == [1, 2]                # chunk 0 was not redone
     assert len(rows) == 8
     # a finished file: nothing is judged again
-    judge.judge_candidates(CANDIDATES, lambda p, seed=0: pytest.fail("re-judged"), out, k=1,
+    judge_candidates(CANDIDATES, lambda p, seed=0: pytest.fail("re-judged"), out, k=1,
                            template=COMPACT_TEMPLATE, chunk_size=3, progress=False)
 
 
@@ -80,9 +81,9 @@ def test_judge_candidates_shards_chunks_over_ranks(tmp_path):
     chunks 1 and 3, rank 0 takes 0 and 2 and then merges both logs in input order."""
     out = tmp_path / "judgements.jsonl"
     calls1, calls0 = [], []
-    assert judge.judge_candidates(CANDIDATES, fake_judge(calls1), out, k=1, chunk_size=2,
+    assert judge_candidates(CANDIDATES, fake_judge(calls1), out, k=1, chunk_size=2,
                                   template=COMPACT_TEMPLATE, rank=1, world_size=2, progress=False) is None
-    rows = judge.judge_candidates(CANDIDATES, fake_judge(calls0), out, k=1, chunk_size=2,
+    rows = judge_candidates(CANDIDATES, fake_judge(calls0), out, k=1, chunk_size=2,
                                   template=COMPACT_TEMPLATE, rank=0, world_size=2, progress=False)
     assert [s for _, s in calls1] == [1, 3] and [s for _, s in calls0] == [0, 2]
     assert [r["candidate_index"] for r in rows] == [0, 1, 2, 0, 1, 0, 1, 2]
@@ -92,16 +93,16 @@ def test_bad_candidates_files_are_clear_errors(tmp_path):
     path = tmp_path / "candidates.jsonl"
     path.write_text(json.dumps(CANDIDATES[0]) + "\n{broken\n")
     with pytest.raises(DataError, match=r"candidates\.jsonl:2: malformed JSON"):
-        judge.load_candidates(path)
+        load_candidates(path)
     write_jsonl(path, [{"id": "a", "prompt": "q", "candidates": "not a list"}])
     with pytest.raises(DataError, match=r"record 1 \(id 'a'\): 'candidates' must be a list"):
-        judge.load_candidates(path)
+        load_candidates(path)
     write_jsonl(path, [CANDIDATES[0], CANDIDATES[0]])
     with pytest.raises(DataError, match="duplicate id"):
-        judge.load_candidates(path)
+        load_candidates(path)
     write_jsonl(path, [{"prompt": "q", "replies": ["a", "b"], "ranks": [0]}])
     with pytest.raises(DataError, match="'ranks' must be numbers, one per reply"):
-        judge.load_groups(path)
+        load_groups(path)
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -109,11 +110,12 @@ def test_bad_candidates_files_are_clear_errors(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
     sp = shared_file("sentencepiece_unigram_1000.model")
+    from srlm.checkpoint import save_model
     from srlm.model import Llama, ModelArgs
     torch.manual_seed(0)
     model = Llama(ModelArgs.preset("tiny", vocab_size=1000, max_seq_len=256))
     path = tmp_path_factory.mktemp("judge_cli") / "model"
-    model.save_pretrained(path, tokenizer_path=sp)
+    save_model(model, path, tokenizer_path=sp)
     return path
 
 
@@ -183,9 +185,9 @@ def test_main_rejects_bad_options_before_loading(tmp_path):
 
 def test_model_judge_leaves_prompts_that_fill_the_context_unjudged(tiny_model_dir):
     from srlm.judge import make_model_judge
-    from srlm.model import Llama
+    from srlm.checkpoint import load_model
     from srlm.tokenizer import Tokenizer
-    model = Llama.from_pretrained(tiny_model_dir)
+    model = load_model(tiny_model_dir)
     judge_fn = make_model_judge(model, Tokenizer.from_dir(tiny_model_dir), max_new_tokens=3)
     long_prompt = "word " * 400                         # > 256 tokens: no room at all
     texts = judge_fn(["short question", long_prompt, "another"], seed=1)

@@ -16,6 +16,7 @@ import torch
 from srlm import loop
 from srlm.evaluate import head_to_head
 from srlm.io import read_jsonl, write_jsonl
+from srlm.checkpoint import load_model, save_model
 from srlm.model import Llama, ModelArgs
 from srlm.tokenizer import Tokenizer
 
@@ -33,7 +34,7 @@ def micro(tmp_path_factory):
     with torch.no_grad():  # nudge the head towards the digits 0-5, so judgements carry numbers to read
         for d in range(6):
             m0.output.weight[sp.piece_to_id(str(d))] += 0.5 * torch.randn(32)
-    m0.save_pretrained(root / "m0", tokenizer_path=DATA / "tokenizer.model")
+    save_model(m0, root / "m0", tokenizer_path=DATA / "tokenizer.model")
     for name, n in [("ift", 24), ("eft", 24), ("seed_prompts", 24), ("eval_prompts", 6), ("eval_groups", 3)]:
         write_jsonl(root / f"{name}.jsonl", read_jsonl(DATA / f"{name}.jsonl")[:n])
     return root
@@ -111,14 +112,14 @@ def kill_after(monkeypatch, module, name, calls):
 
 
 def test_killed_during_generation_and_dpo_then_resumed_equals_uninterrupted(micro, uninterrupted, monkeypatch):
-    import generate as generate_cli
+    from srlm import candidates
 
     run_a, _ = uninterrupted
     run_b = micro / "run_b"
     args = loop_args(micro, run_b)
-    # 1) killed while iteration 1 samples its candidates (call 1 wrote the new prompts)
+    # 1) killed while iteration 1 samples its candidates (after it wrote the new prompts)
     with monkeypatch.context() as m:
-        kill_after(m, generate_cli, "generate", 2)
+        kill_after(m, candidates, "generate", 1)
         with pytest.raises(Killed):
             loop.main(args)
     assert (run_b / "iter1/prompts.jsonl").exists() and not (run_b / "iter1/candidates.jsonl").exists()
@@ -232,8 +233,6 @@ def test_prompt_model_base_writes_prompts_with_m0(micro):
 def test_meta_format_base_model_with_separate_tokenizer(micro, tmp_path):
     """M0 in Meta's layout (params.json + consolidated.00.pth, no tokenizer.model inside, as Meta
     ships it): --tokenizer supplies it; SFT turns M0 into an HF M1 that carries the tokenizer on."""
-    from srlm.checkpoint import load_model
-
     m0 = load_model(micro / "m0")
     meta = tmp_path / "m0_meta"
     meta.mkdir()

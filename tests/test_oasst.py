@@ -257,11 +257,12 @@ def test_main_with_a_judge_model_writes_eft_files(tmp_path):
     """End to end with a tiny random Llama as the 'SFT baseline' (its judgements rarely parse, so
     eft.jsonl may be empty; the point is the plumbing: every reply judged, logged, resumable)."""
     torch = pytest.importorskip("torch")
+    from srlm.checkpoint import save_model
     from srlm.model import Llama, ModelArgs
     sp = shared_file("sentencepiece_unigram_1000.model")
     torch.manual_seed(0)
-    Llama(ModelArgs.preset("tiny", vocab_size=1000, max_seq_len=256)).save_pretrained(
-        tmp_path / "model", tokenizer_path=sp)
+    save_model(Llama(ModelArgs.preset("tiny", vocab_size=1000, max_seq_len=256)),
+               tmp_path / "model", tokenizer_path=sp)
     roots = [_msg(f"p{i}", "prompter", f"Question {i}?", replies=[
         _msg(f"a{i}", "assistant", "Good answer.", 0), _msg(f"b{i}", "assistant", "Bad.", 1)])
         for i in range(3)]

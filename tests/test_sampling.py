@@ -7,6 +7,7 @@ against Hugging Face `transformers` on the same random weights.
 import pytest
 import torch
 
+from srlm.checkpoint import save_model
 from srlm.model import Llama, ModelArgs
 from srlm.sampling import batch_layout, generate, sample_logits, top_k_filter, top_p_filter
 
@@ -257,9 +258,9 @@ def test_stop_strings():
 
 def test_greedy_matches_transformers(model, tmp_path):
     """Our cached greedy decoding against transformers' LlamaForCausalLM.generate(do_sample=False)
-    on the same weights, written by save_pretrained (HF layout, rotary permutation included)."""
+    on the same weights, written by save_model (HF layout, rotary permutation included)."""
     transformers = pytest.importorskip("transformers")
-    model.save_pretrained(tmp_path / "hf")
+    save_model(model, tmp_path / "hf")
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf", torch_dtype=torch.float32).eval()
     for prompt in PROMPTS[:3]:
         with torch.no_grad():

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import train
 from conftest import ROOT, shared_file
-from srlm.checkpoint import save_hf
+from srlm.checkpoint import load_model, save_hf
 from srlm.io import DataError, read_jsonl
 from srlm.logprobs import sequence_logprobs
 from srlm.model import Llama, ModelArgs
@@ -79,7 +79,7 @@ def test_sft_writes_checkpoint_and_rerun_is_noop(setup):
     log = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in log[:-1]] == [1, 2] and log[-1]["summary"]
     assert all({"loss", "lr", "tokens_per_s", "grad_norm"} <= set(r) for r in log[:-1])
-    loaded = Llama.from_pretrained(out)  # later stages and outside tools load it
+    loaded = load_model(out)  # later stages and outside tools load it
     assert loaded.args.vocab_size == 1000
     before = (out / "model.safetensors").stat().st_mtime_ns
     again = train.main(common(setup, "sft", out, "--max-steps", "2", "--dropout", "0"))
@@ -124,7 +124,7 @@ def test_dpo_raises_accuracy_and_margins(setup):
     ref_rows = read_jsonl(setup / "dpo_out.train" / "ref_logps.jsonl")[1:]
     examples, _ = tokenize(load_rows([setup / "pairs.jsonl"], "dpo"), "dpo", Tokenizer.from_dir(out), 256)
     tokens, mask = collate_pairs(examples, pad_id=0)
-    model = Llama.from_pretrained(out).eval()
+    model = load_model(out).eval()
     with torch.no_grad():
         logps = sequence_logprobs(model, tokens, mask, impl="torch")
     ref = {r["index"]: r for r in ref_rows}
@@ -328,7 +328,7 @@ def test_nan_loss_stops_and_keeps_last_good_state(setup, monkeypatch):
     assert not (out / "config.json").exists()
     state = torch.load(setup / "nan_out.train" / "checkpoint" / "trainer.pt", weights_only=True)
     assert state["step"] == 2
-    Llama.from_pretrained(setup / "nan_out.train" / "checkpoint" / "model")  # intact and loadable
+    load_model(setup / "nan_out.train" / "checkpoint" / "model")  # intact and loadable
 
 
 def test_bad_input(setup, tmp_path):

@@ -32,6 +32,7 @@ import time
 import torch
 
 from srlm.io import append_jsonl
+from srlm.checkpoint import save_model
 from srlm.model import Llama, ModelArgs
 from srlm.sampling import generate
 
@@ -120,7 +121,7 @@ def load_hf(model, dtype, device):
     import transformers
 
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
+        save_model(model, tmp)
         hf = transformers.LlamaForCausalLM.from_pretrained(tmp, torch_dtype=dtype)
     return hf.to(device).eval()
 

@@ -1,0 +1,219 @@
+"""The self-rewarding step: the model judges its own candidates, and the scores become pairs.
+
+    candidates.jsonl -> judgements.jsonl -> pairs.jsonl (+ judge_summary.json)
+
+Each candidate answer is put in the judge prompt (srlm/judge.py, the paper's additive 5-point
+rubric) and judged K times by sampling; the parsed scores are averaged (candidates with fewer
+than `min_valid` parsed judgements are dropped); per prompt, the best-scored candidate becomes
+"chosen" and the worst "rejected" (ties give no pair).
+
+    judgements.jsonl  one line per (prompt id, candidate index):
+                      {"id", "candidate_index", "judgements": [raw text x K],
+                       "scores": [float | None x K], "mean_score"}
+    pairs.jsonl       {"id", "prompt", "chosen", "rejected", "chosen_score", "rejected_score"}
+    judge_summary.json  parse-failure rate, pairs built, score histogram
+
+    from srlm.pairs import JudgeSettings, write_pairs
+    write_pairs(model, tokenizer, "iter1/candidates.jsonl", "iter1/judgements.jsonl", "iter1/pairs.jsonl",
+                JudgeSettings(k=3))
+
+Defaults: K = 3 judgements as in the paper, sampled at temperature 0.7 and top-p 0.9 (the
+paper's sampling settings for answers; averaging K samples only reduces noise when the samples
+differ, so greedy decoding would make K > 1 pointless), min_valid 1 (the paper drops only the
+judgements that do not parse).
+
+Resumable: work is cut into chunks of `chunk_size` candidates; each finished chunk is appended to
+`<judgements>.rank<r>.partial`; a rerun skips what is there (and a finished judgements.jsonl) and
+only rebuilds the pairs. Chunk c is sampled with seed + c, so a chunk redone after a kill gives
+the same texts. Under torchrun, chunks are shared round-robin over the ranks; rank 0 merges.
+
+Reward-model evaluation (the paper's table) judges every reply of human-ranked groups
+({"prompt", "replies", "ranks"}) the same way and compares with the ranks: `judge_groups`.
+
+The command line is judge.py; tests: tests/test_pairs.py.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from tqdm import tqdm
+
+from srlm import dist
+from srlm.io import DataError, append_jsonl, read_jsonl, read_jsonl_partial, write_json, write_jsonl
+from srlm.judge import (aggregate_scores, judge_prompt, load_template, make_model_judge, pairs_from_judgements,
+                        parse_score)
+from srlm.metrics import reward_model_metrics
+
+
+@dataclass
+class JudgeSettings:
+    k: int = 3                          # judgements per candidate (paper: 3)
+    min_valid: int = 1                  # parsed judgements a candidate needs
+    template: str = "default"           # 'default', 'compact' or a template file
+    score_pattern: Optional[str] = None  # regex with a (?P<score>...) group (None: 'Score: N' lines)
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+    batch_size: int = 32                # rows per forward pass
+    chunk_size: int = 64                # candidates per resumable chunk
+    seed: int = 0
+
+    def check(self) -> str:
+        """Fail on bad settings before a model is loaded; returns the template text."""
+        template = load_template(self.template)
+        if self.score_pattern:
+            parse_score("", self.score_pattern)
+        if self.min_valid < 1 or self.min_valid > self.k:
+            raise ValueError(f"--min-valid must be in [1, --k={self.k}], got {self.min_valid}")
+        return template
+
+    def judge_fn(self, model, tokenizer) -> Callable:
+        return make_model_judge(model, tokenizer, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                top_p=self.top_p, seed=self.seed, batch_size=self.batch_size)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def load_candidates(path: str | Path) -> list[dict]:
+    """candidates.jsonl rows {"id", "prompt", "candidates": [str, ...]}, checked."""
+    rows = read_jsonl(path, required=("id", "prompt", "candidates"))
+    seen = set()
+    for n, row in enumerate(rows, start=1):
+        where = f"{path}: record {n} (id {row['id']!r})"
+        if not isinstance(row["prompt"], str):
+            raise DataError(f"{where}: 'prompt' must be a string")
+        if not isinstance(row["candidates"], list) or not all(isinstance(c, str) for c in row["candidates"]):
+            raise DataError(f"{where}: 'candidates' must be a list of strings")
+        if str(row["id"]) in seen:
+            raise DataError(f"{where}: duplicate id")
+        seen.add(str(row["id"]))
+    return rows
+
+
+def load_groups(path: str | Path) -> list[dict]:
+    """Ranked groups {"prompt", "replies", "ranks"} (+ optional "id") as candidates-like rows."""
+    groups = read_jsonl(path, required=("prompt", "replies", "ranks"))
+    rows = []
+    for n, g in enumerate(groups, start=1):
+        where = f"{path}: record {n}"
+        if not isinstance(g["replies"], list) or not all(isinstance(r, str) for r in g["replies"]):
+            raise DataError(f"{where}: 'replies' must be a list of strings")
+        if not isinstance(g["ranks"], list) or len(g["ranks"]) != len(g["replies"]) or \
+                not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in g["ranks"]):
+            raise DataError(f"{where}: 'ranks' must be numbers, one per reply")
+        rows.append({"id": str(g.get("id", n)), "prompt": g["prompt"], "candidates": g["replies"],
+                     "ranks": g["ranks"]})
+    if len({r["id"] for r in rows}) != len(rows):
+        raise DataError(f"{path}: duplicate group ids")
+    return rows
+
+
+# ----------------------------------------------------------------------------- judging
+
+def work_units(rows: list[dict]) -> list[tuple[str, int, str, str]]:
+    """(id, candidate index, prompt, candidate) for every candidate, in file order."""
+    return [(str(r["id"]), i, r["prompt"], c) for r in rows for i, c in enumerate(r["candidates"])]
+
+
+def partial_logs(judgements: Path) -> list[Path]:
+    return sorted(judgements.parent.glob(f"{judgements.name}.rank*.partial"))
+
+
+def judge_candidates(rows: list[dict], judge_fn: Callable, judgements: str | Path, *, k: int = 3,
+                     min_valid: int = 1, template: str | None = None, pattern: str | None = None,
+                     chunk_size: int = 64, seed: int = 0, rank: int = 0, world_size: int = 1,
+                     progress: bool = True) -> list[dict] | None:
+    """Judge every candidate k times; write judgements.jsonl. Returns its rows on rank 0.
+
+    `judge_fn(judge_prompts, seed=...) -> texts` (srlm.judge.make_model_judge, or a fake in
+    tests). Resumable: see the module docstring. All ranks must call this (it has barriers).
+    """
+    if k < 1:
+        raise ValueError(f"k (judgements per candidate) must be >= 1, got {k}")
+    judgements = Path(judgements)
+    units = work_units(rows)
+    done = {(str(r["id"]), int(r["candidate_index"])) for log in partial_logs(judgements)
+            for r in read_jsonl_partial(log)}
+    if judgements.is_file():
+        done |= {(str(r["id"]), int(r["candidate_index"])) for r in read_jsonl(judgements)}
+    chunks = [units[i:i + chunk_size] for i in range(0, len(units), chunk_size)]
+    mine = [(c, chunk) for c, chunk in enumerate(chunks)
+            if c % world_size == rank and any((u[0], u[1]) not in done for u in chunk)]
+    log = judgements.parent / f"{judgements.name}.rank{rank}.partial"
+    if progress and rank == 0 and mine:
+        mine = tqdm(mine, desc=f"judging x{k}", unit="chunk")
+    for c, chunk in mine:
+        prompts = [judge_prompt(prompt, cand, template) for _, _, prompt, cand in chunk for _ in range(k)]
+        texts = judge_fn(prompts, seed=seed + c)                # (len(chunk) * k,) judgement texts
+        out = []
+        for j, (rid, idx, _, _) in enumerate(chunk):
+            raw = texts[j * k:(j + 1) * k]
+            scores = [parse_score(t, pattern) for t in raw]
+            out.append({"id": rid, "candidate_index": idx, "judgements": raw, "scores": scores,
+                        "mean_score": aggregate_scores(scores, min_valid)})
+        append_jsonl(log, out)
+    dist.barrier()
+    result = None
+    if rank == 0:
+        by_key = {}
+        for r in (read_jsonl(judgements) if judgements.is_file() else []):
+            by_key.setdefault((str(r["id"]), int(r["candidate_index"])), r)
+        for path in partial_logs(judgements):
+            for r in read_jsonl_partial(path):
+                by_key.setdefault((str(r["id"]), int(r["candidate_index"])), r)
+        missing = [u[:2] for u in units if u[:2] not in by_key]
+        if missing:
+            raise RuntimeError(f"{len(missing)} candidates were not judged, e.g. {missing[:3]}")
+        result = [by_key[u[:2]] for u in units]
+        for r in result:   # --min-valid may differ from the run that wrote a row
+            r["mean_score"] = aggregate_scores(r["scores"], min_valid)
+        write_jsonl(judgements, result)
+        for path in partial_logs(judgements):
+            path.unlink()
+    dist.barrier()
+    return result
+
+
+# ----------------------------------------------------------------------------- the two uses
+
+def write_pairs(model, tokenizer, candidates, judgements, pairs, s: JudgeSettings, *, summary=None,
+                rank: int = 0, world_size: int = 1) -> Optional[dict]:
+    """candidates.jsonl -> judgements.jsonl -> pairs.jsonl and judge_summary.json (default: next to
+    `pairs`). Every rank calls this; rank 0 writes the files and returns the summary."""
+    template = s.check()
+    rows = load_candidates(candidates)
+    judged = judge_candidates(rows, s.judge_fn(model, tokenizer), judgements, k=s.k, min_valid=s.min_valid,
+                              template=template, pattern=s.score_pattern, chunk_size=s.chunk_size,
+                              seed=s.seed, rank=rank, world_size=world_size)
+    if rank != 0:
+        return None
+    pairs = Path(pairs)
+    built, stats = pairs_from_judgements(rows, judged, s.min_valid)
+    write_jsonl(pairs, built)
+    write_json(Path(summary or pairs.parent / "judge_summary.json"), stats)
+    return stats
+
+
+def judge_groups(model, tokenizer, groups, judgements, metrics, s: JudgeSettings, *, rank: int = 0,
+                 world_size: int = 1) -> Optional[dict]:
+    """Reward-model metrics of the judge on human-ranked groups (srlm/metrics.py), written to `metrics`
+    (JSON; NaN written as null). Every rank calls this; rank 0 returns the metrics."""
+    template = s.check()
+    rows = load_groups(groups)
+    judged = judge_candidates(rows, s.judge_fn(model, tokenizer), judgements, k=s.k, min_valid=s.min_valid,
+                              template=template, pattern=s.score_pattern, chunk_size=s.chunk_size,
+                              seed=s.seed, rank=rank, world_size=world_size)
+    if rank != 0:
+        return None
+    mean = {(r["id"], r["candidate_index"]): r["mean_score"] for r in judged}
+    scored = [{"ranks": g["ranks"], "scores": [mean[(g["id"], i)] for i in range(len(g["candidates"]))]}
+              for g in rows]
+    out = reward_model_metrics(scored)
+    _, stats = pairs_from_judgements(rows, judged, s.min_valid)
+    out["parse_failure_rate"] = stats["parse_failure_rate"]
+    out = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in out.items()}
+    write_json(Path(metrics), out)
+    return out
