@@ -14,7 +14,7 @@ under torchrun). A rerun after a kill reads these logs, skips what they hold, an
 writes `<output>` atomically, in input order, and removes the logs. When `<output>` already
 exists its rows count as done too (`overwrite=True` redoes everything).
 
-The command line is generate.py (`--task responses`); tests: tests/test_candidates.py.
+The command line is generate.py (`--task responses`); tests: tests/test_generate.py.
 """
 from __future__ import annotations
 

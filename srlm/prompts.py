@@ -16,7 +16,8 @@ round), so a round redone after a kill gives the same prompts. Every finished ro
 `<output>.partial` (`.partial.rank{r}` under torchrun, where rank r takes rounds r, r + W, ...);
 a rerun skips the logged rounds, and the end writes `<output>` atomically and removes the logs.
 
-The command line is generate.py (`--task prompts`); tests: tests/test_prompts.py.
+The command line is generate.py (`--task prompts`); tests: tests/test_generate.py (end to end)
+and tests/test_self_instruct.py (the text pieces).
 """
 from __future__ import annotations
 
