@@ -2,7 +2,7 @@
 
 Both run greedy decoding of random prompts of equal length (no padding) for a fixed number of new
 tokens (no EOS stop), in the same process, with the same threads and weights: a random Llama of the
-chosen shape, written with save_pretrained and read back by transformers.LlamaForCausalLM.
+chosen shape, written with save_model and read back by transformers.LlamaForCausalLM.
 
 Decode tokens/s = B * (N - 1) / (time for N new tokens - time for 1 new token): the prefill and
 the first token are subtracted, so the figure is the per-token loop alone. The median of --repeats.
