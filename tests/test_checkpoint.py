@@ -52,7 +52,7 @@ def hf_reference_model(transformers):
 
 def test_parity_their_save_our_load(transformers, tmp_path):
     hf = hf_reference_model(transformers)
-    save_model(hf, tmp_path)
+    hf.save_pretrained(tmp_path)
     ours = load_model(tmp_path).eval()
     assert ours.args.n_kv_heads == 2 and ours.args.ffn_hidden_dim == 96
     assert (logits(hf) - logits(ours)).abs().max() <= 1e-4
