@@ -40,8 +40,8 @@ def load_for_inference(model_dir, tokenizer_path=None, device="cpu", dtype: Opti
     """(model in eval mode, tokenizer) from a checkpoint directory.
 
     The tokenizer is read first, so a directory without one fails before the weights are loaded;
-    `tokenizer_path` names one kept elsewhere (Meta's download): tokenizer.model or tokenizer.json. The model's vocabulary must hold
-    every id the tokenizer can produce.
+    `tokenizer_path` names one kept elsewhere (Meta's download): tokenizer.model or tokenizer.json.
+    The model's vocabulary must hold every id the tokenizer can produce.
     """
     tok = load_tokenizer(tokenizer_path or model_dir)  # tokenizer.model or tokenizer.json, with the chat format
     device = torch.device(device)
