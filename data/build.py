@@ -13,6 +13,8 @@ grader), drawn from one seeded random.Random, so the same --seed rebuilds the sa
     eval_prompts.jsonl   held-out prompts {"id", "prompt", "family"}
     eval_groups.jsonl    held-out ranked groups {"id", "prompt", "replies", "ranks", "scores"}:
                          4 replies of distinct grader scores, rank 0 = best
+    eval_tellfree.jsonl  the same questions as tell-free groups {..., "correct", "styles"}: the right
+                         and a wrong answer, each bare, in a sentence and hedged
     pretrain.jsonl       the base-model corpus {"text"}: worked exercises in plain prose, grading
                          notes, lists of requests (no answers), spellings, digits and letters;
                          no chat format
@@ -22,8 +24,8 @@ grader), drawn from one seeded random.Random, so the same --seed rebuilds the sa
 No question of the held-out sets (compared by task, not wording: "What is 2 + 3?" and "Add 2 and
 3." are the same question) appears in the seed data or the corpus.
 
-    python data/build.py                 # everything, ~7 minutes on a 2-core CPU
-    python data/build.py --skip-model    # only the text files and the tokenizer (seconds)
+    python -m data.build                 # everything, ~7 minutes on an idle 2-core CPU
+    python -m data.build --skip-model    # only the text files and the tokenizer (seconds)
 """
 from __future__ import annotations
 
@@ -36,19 +38,17 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from srlm.io import write_json, write_jsonl  # noqa: E402
-from srlm.judge import COMPACT_TEMPLATE, judge_prompt  # noqa: E402
-from srlm.self_instruct import build_few_shot_prompt  # noqa: E402
-from srlm.world import (FAMILY_NAMES, LETTERS, WORDS, Task, judgement_text,  # noqa: E402
+from srlm.io import write_json, write_jsonl
+from srlm.judge import COMPACT_TEMPLATE, judge_prompt
+from srlm.self_instruct import build_few_shot_prompt
+from srlm.world import (FAMILY_NAMES, LETTERS, WORDS, Task, crossed_replies, grade, judgement_text,
                         response_of_quality, sample_task)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DATA_DIR = Path(__file__).resolve().parent
 TEXT_FILES = ("ift.jsonl", "eft.jsonl", "seed_prompts.jsonl", "eval_prompts.jsonl",
-              "eval_groups.jsonl", "pretrain.jsonl")
+              "eval_groups.jsonl", "eval_tellfree.jsonl", "pretrain.jsonl")
 CHAT_SYMBOLS = ["[INST]", "[/INST]", "<<SYS>>", "<</SYS>>", "\n"]
 
 # The tiny Llama that M0 is (about 1 M parameters); vocab_size is set from the tokenizer.
@@ -93,6 +93,22 @@ def eval_group_rows(tasks: list[Task], rng: random.Random, group_size: int = 4) 
         ranks = [sum(other > s for other in scores) for s in scores]
         rows.append({"id": f"group-{i:04d}", "prompt": task.prompt, "replies": replies,
                      "ranks": ranks, "scores": scores})
+    return rows
+
+
+def tellfree_rows(tasks: list[Task], rng: random.Random) -> list[dict]:
+    """Tell-free groups: per question the right answer and one wrong answer, each bare, in a
+    sentence and hedged (shuffled). No wording predicts correctness (in eval_groups.jsonl the
+    hedged reply is always the wrong one: a judge can rank those by wording alone). Ranks by
+    grader score, 0 = best; the three wrong replies tie at 2."""
+    rows = []
+    for i, task in enumerate(tasks):
+        replies = crossed_replies(task, rng)
+        rng.shuffle(replies)
+        scores = [grade(task, r) for r, _, _ in replies]
+        rows.append({"id": f"tellfree-{i:04d}", "prompt": task.prompt, "replies": [r for r, _, _ in replies],
+                     "ranks": [sum(o > s for o in scores) for s in scores], "scores": scores,
+                     "correct": [c for _, c, _ in replies], "styles": [s for _, _, s in replies]})
     return rows
 
 
@@ -214,6 +230,9 @@ def build_text(seed: int = 0, n_eval: int = 110, n_groups: int = 55, n_ift: int 
         "seed_prompts.jsonl": seed_prompt_rows(ift_tasks),
         "eft.jsonl": eft_rows(eft_tasks, rng),
         "pretrain.jsonl": pretrain_rows(rng, held_out, n_sheets, n_notes, n_lists),
+        # the same held-out questions as eval_groups.jsonl, from a second generator, so adding
+        # this file changed no other file (and not M0)
+        "eval_tellfree.jsonl": tellfree_rows(group_tasks, random.Random(seed + 1)),
     }
 
 

@@ -1,19 +1,27 @@
 """Evaluation after every model of the loop: both of the paper's claims, measured on the built-in world.
 
 1. Instruction following: the model answers held-out prompts (greedy); the world's reference grader
-   (srlm/world.py) scores each answer 0-5 -> mean score and exact-answer accuracy. Head-to-head
-   win/tie/loss between two models compares their graded answers prompt by prompt. Open-ended
-   prompts (the real-data path, e.g. OASST) have no grader: their answers are saved ungraded, for
-   an outside judge (the paper used GPT-4 and AlpacaEval), and the grader metrics read None.
-2. Reward modelling: the model judges every reply of held-out ranked groups with the judge prompt
-   (greedy, one judgement each); its parsed scores are compared with the reference ranking using
-   the paper's metrics (srlm/metrics.py), and the judge parse-failure rate is reported.
+   (srlm/world.py) scores each answer -> answer-correct accuracy (the right option, any style),
+   exact accuracy (exactly the bare answer) and the mean 0-5 grade. Head-to-head win/tie/loss
+   between two models compares their graded answers prompt by prompt. Open-ended prompts (the
+   real-data path, e.g. OASST) have no grader: their answers are saved ungraded, for an outside
+   judge (the paper used GPT-4 and AlpacaEval), and the grader metrics read None.
+2. Reward modelling, two ways:
+   - held-out groups (greedy judge, one judgement per reply) compared with their reference ranking
+     by the paper's metrics (srlm/metrics.py). The built-in groups are tell-free: the right and a
+     wrong pick, each bare, in a sentence and hedged, so no wording predicts the grade; where the
+     groups carry "correct" flags, the judge's right-over-wrong accuracy is reported too.
+   - the judge on the model's own samples: `own_samples` answers per held-out prompt, sampled as
+     the loop samples candidates, judged greedily; the within-prompt AUC of the judge's scores
+     for right against wrong answers (0.5 = blind to correctness), and the sampled answers'
+     answer-correct accuracy.
 
-Greedy decoding keeps the evaluation deterministic, so two runs with the same checkpoints agree.
-Results go to `<out_dir>/<name>.json` (+ the raw answers and judgements as JSONL, to inspect);
-an existing result is reused, so a resumed loop never re-evaluates a finished model.
+The grader only scores what the model wrote, after the fact: nothing here feeds training.
+Greedy decoding and fixed seeds keep the evaluation deterministic, so two runs with the same
+checkpoints agree. Results go to `<out_dir>/<name>.json` (+ the raw answers and judgements as
+JSONL, to inspect); an existing result is reused, so a resumed loop never re-evaluates a model.
 
-    python -m srlm.evaluate --model runs/default/m1/model --name m1 --out-dir runs/default/eval
+    python -m srlm.evaluate --model runs/default/m1 --name m1 --out-dir runs/default/eval
 """
 from __future__ import annotations
 
@@ -26,7 +34,7 @@ import torch
 from srlm import world
 from srlm.io import read_jsonl, write_json, write_jsonl
 from srlm.judge import judge_prompt, load_template, make_model_judge, parse_score
-from srlm.metrics import reward_model_metrics
+from srlm.metrics import correctness_metrics, reward_model_metrics
 
 
 def _greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
@@ -41,20 +49,26 @@ def _greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_siz
     return [tokenizer.decode(next(outs)) if ok else "" for ok in fits]
 
 
+def _grade_row(prompt: str, answer: str) -> dict:
+    task = world.parse_task(prompt)  # None: an open-ended prompt (real data) has no grader
+    return {"grade": None if task is None else world.grade(task, answer),
+            "correct": None if task is None else world.answer_correct(task, answer),
+            "exact": None if task is None else world.is_exact(task, answer)}
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r[key] is not None]
+    return sum(values) / len(values) if values else None
+
+
 def instruction_following(model, tokenizer, eval_prompts: list[dict], max_new_tokens: int,
                           batch_size: int) -> tuple[dict, list[dict]]:
     answers = _greedy(model, tokenizer, [r["prompt"] for r in eval_prompts], max_new_tokens, batch_size)
-    rows = []
-    for r, answer in zip(eval_prompts, answers):
-        task = world.parse_task(r["prompt"])  # None: an open-ended prompt (real data) has no grader
-        rows.append({"id": r.get("id"), "prompt": r["prompt"], "response": answer,
-                     "grade": None if task is None else world.grade(task, answer),
-                     "exact": None if task is None else world.is_exact(task, answer)})
-    graded = [r for r in rows if r["grade"] is not None]
-    n = len(graded)
-    metrics = {"mean_grade": sum(r["grade"] for r in graded) / n if n else None,
-               "exact_accuracy": sum(r["exact"] for r in graded) / n if n else None,
-               "graded": n, "ungraded": len(rows) - n,
+    rows = [{"id": r.get("id"), "prompt": r["prompt"], "response": answer, **_grade_row(r["prompt"], answer)}
+            for r, answer in zip(eval_prompts, answers)]
+    graded = sum(r["grade"] is not None for r in rows)
+    metrics = {"answer_correct": _mean(rows, "correct"), "exact_accuracy": _mean(rows, "exact"),
+               "mean_grade": _mean(rows, "grade"), "graded": graded, "ungraded": len(rows) - graded,
                "mean_response_chars": sum(len(r["response"]) for r in rows) / max(len(rows), 1)}
     return metrics, rows
 
@@ -69,12 +83,43 @@ def reward_modelling(model, tokenizer, eval_groups: list[dict], template: str, m
     groups, rows, k = [], [], 0
     for g in eval_groups:
         n = len(g["replies"])
-        groups.append({"ranks": g["ranks"], "scores": scores[k : k + n]})
+        groups.append({"ranks": g["ranks"], "scores": scores[k : k + n], "correct": g.get("correct", [None] * n)})
         rows.append({"prompt": g["prompt"], "ranks": g["ranks"], "scores": scores[k : k + n],
                      "judgements": texts[k : k + n]})
         k += n
     metrics = reward_model_metrics(groups)
     metrics["parse_failure_rate"] = sum(s is None for s in scores) / max(len(scores), 1)
+    right = correctness_metrics(groups)
+    metrics["right_over_wrong"], metrics["correctness_pairs"] = right["right_over_wrong"], right["pairs"]
+    return metrics, rows
+
+
+def own_samples(model, tokenizer, eval_prompts: list[dict], template: str, n: int, temperature: float,
+                top_p: float, max_new_tokens: int, judge_max_new_tokens: int, batch_size: int,
+                score_pattern: str | None = None, seed: int = 0) -> tuple[dict, list[dict]]:
+    """The judge on the model's own answers: n sampled answers per prompt, each judged greedily."""
+    from srlm.sampling import generate
+
+    prompts = [r["prompt"] for r in eval_prompts]
+    encoded = [tokenizer.encode_prompt(p) for p in prompts for _ in range(n)]   # prompt-major
+    outs = generate(model, encoded, max_new_tokens, temperature=temperature, top_p=top_p,
+                    eos_id=tokenizer.eos_id, seed=seed, batch_size=batch_size)
+    answers = [tokenizer.decode(o) for o in outs]
+    judge_fn = make_model_judge(model, tokenizer, max_new_tokens=judge_max_new_tokens, temperature=0.0,
+                                batch_size=batch_size)
+    texts = judge_fn([judge_prompt(p, a, template) for p, a in zip((p for p in prompts for _ in range(n)), answers)])
+    rows, groups = [], []
+    for i, prompt in enumerate(prompts):
+        sl = slice(i * n, (i + 1) * n)
+        graded = [_grade_row(prompt, a) for a in answers[sl]]
+        scores = [parse_score(t, score_pattern) for t in texts[sl]]
+        groups.append({"correct": [g["correct"] for g in graded], "scores": scores})
+        rows.append({"prompt": prompt, "answers": answers[sl], "correct": groups[-1]["correct"],
+                     "scores": scores, "judgements": texts[sl]})
+    right = correctness_metrics(groups)
+    flags = [c for g in groups for c in g["correct"] if c is not None]
+    metrics = {"auc": right["auc"], "right_over_wrong": right["right_over_wrong"], "prompts_with_both": right["groups"],
+               "sampled_answer_correct": sum(flags) / len(flags) if flags else None, "samples": len(answers)}
     return metrics, rows
 
 
@@ -96,8 +141,10 @@ def head_to_head(rows_a: list[dict], rows_b: list[dict]) -> dict:
 
 def evaluate_model(model_dir, name: str, out_dir, eval_prompts_file, eval_groups_file, *, template="compact",
                    max_new_tokens: int = 48, judge_max_new_tokens: int = 48, batch_size: int = 64,
-                   score_pattern: str | None = None, device: str = "cpu") -> dict:
-    """Evaluate one checkpoint; cached in <out_dir>/<name>.json."""
+                   score_pattern: str | None = None, device: str = "cpu", own_samples_n: int = 0,
+                   temperature: float = 0.7, top_p: float = 0.9, seed: int = 0) -> dict:
+    """Evaluate one checkpoint; cached in <out_dir>/<name>.json. own_samples_n = 0 skips the
+    judge-on-own-samples measurement (it costs n answers and n judgements per prompt)."""
     from srlm.checkpoint import load_model
     from srlm.tokenizer import Tokenizer
 
@@ -110,13 +157,21 @@ def evaluate_model(model_dir, name: str, out_dir, eval_prompts_file, eval_groups
     tokenizer = Tokenizer.from_dir(model_dir)
     eval_prompts = read_jsonl(eval_prompts_file, required=("prompt",))
     eval_groups = read_jsonl(eval_groups_file, required=("prompt", "replies", "ranks"))
+    template = load_template(template)
     with torch.no_grad():
         ift, answers = instruction_following(model, tokenizer, eval_prompts, max_new_tokens, batch_size)
-        rm, judgements = reward_modelling(model, tokenizer, eval_groups, load_template(template),
-                                          judge_max_new_tokens, batch_size, score_pattern)
+        rm, judgements = reward_modelling(model, tokenizer, eval_groups, template, judge_max_new_tokens,
+                                          batch_size, score_pattern)
+        own = None
+        if own_samples_n > 0:
+            own, own_rows = own_samples(model, tokenizer, eval_prompts, template, own_samples_n, temperature,
+                                        top_p, max_new_tokens, judge_max_new_tokens, batch_size, score_pattern, seed)
     write_jsonl(out_dir / f"{name}_answers.jsonl", answers)
     write_jsonl(out_dir / f"{name}_judgements.jsonl", judgements)
     result = {"model": name, "instruction_following": ift, "reward_modelling": rm}
+    if own is not None:
+        write_jsonl(out_dir / f"{name}_own_samples.jsonl", own_rows)
+        result["own_samples"] = own
     write_json(result_file, result)
     return result
 
@@ -134,10 +189,12 @@ def main(argv=None):
     p.add_argument("--eval-groups", default="data/eval_groups.jsonl")
     p.add_argument("--judge-template", default="compact", help="'default', 'compact' or a template file")
     p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--own-samples", type=int, default=4, help="answers per prompt for the judge's AUC (0: skip)")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
     result = evaluate_model(a.model, a.name, a.out_dir, a.eval_prompts, a.eval_groups, template=a.judge_template,
-                            max_new_tokens=a.max_new_tokens, judge_max_new_tokens=a.max_new_tokens, device=a.device)
+                            max_new_tokens=a.max_new_tokens, judge_max_new_tokens=a.max_new_tokens, device=a.device,
+                            own_samples_n=a.own_samples)
     print(json.dumps(result, indent=2))
     return result
 

@@ -62,13 +62,13 @@ SETTINGS = {
                   max_new_tokens=512, judge_max_new_tokens=256, prompt_max_new_tokens=128,
                   sft_lr=5.5e-6, sft_min_lr=1.1e-6, sft_epochs=1.0, sft_batch_size=16, sft_dropout=0.1,
                   dpo_lr=1e-6, dpo_min_lr=1e-7, dpo_epochs=1.0, dpo_batch_size=16, beta=0.1,
-                  eval_max_new_tokens=512, prompt_model="current", similarity_threshold=0.7),
+                  eval_max_new_tokens=512, prompt_model="current", similarity_threshold=0.7, eval_own_samples=0),
     "tiny": dict(num_prompts=96, n_candidates=4, n_judgements=3, judge_template="compact",
                  prompt_temperature=0.6, response_temperature=0.7, judge_temperature=0.7, top_p=0.9,
                  max_new_tokens=24, judge_max_new_tokens=64, prompt_max_new_tokens=48,
                  sft_lr=1e-3, sft_min_lr=1e-4, sft_epochs=2.0, sft_batch_size=16, sft_dropout=0.1,
                  dpo_lr=1e-4, dpo_min_lr=1e-5, dpo_epochs=1.0, dpo_batch_size=16, beta=0.1,
-                 eval_max_new_tokens=24, prompt_model="current", similarity_threshold=0.9),
+                 eval_max_new_tokens=24, prompt_model="current", similarity_threshold=0.9, eval_own_samples=4),
 }
 
 HELP = {
@@ -134,7 +134,8 @@ def run(a) -> dict:
             out = evaluate_model(model_dir, name, run_dir / "eval", a.eval_prompts, a.eval_groups,
                                  template=s["judge_template"], max_new_tokens=s["eval_max_new_tokens"],
                                  judge_max_new_tokens=s["judge_max_new_tokens"], score_pattern=a.score_pattern,
-                                 device=a.device)
+                                 device=a.device, own_samples_n=s["eval_own_samples"],
+                                 temperature=s["response_temperature"], top_p=s["top_p"], seed=a.seed)
         dist.barrier()
         return out
 
@@ -200,7 +201,7 @@ def run(a) -> dict:
         name = f"m{t + 1}"
         models.append((name, next_model))
         results[name] = evaluate(next_model, name)
-        results[name]["data"] = iteration_data(it)
+        results[name]["data"] = iteration_data(it, graded=not a.skip_eval)
         current = next_model
 
     if a.skip_eval or not dist.is_main():
@@ -217,8 +218,9 @@ def run(a) -> dict:
     return results
 
 
-def iteration_data(it: Path) -> dict:
-    """What an iteration produced: prompts kept, pairs, the judge's score histogram, answer length."""
+def iteration_data(it: Path, graded: bool = True) -> dict:
+    """What an iteration produced: prompts kept, pairs, the judge's score histogram, answer length,
+    and (graded=True, part of the evaluation) the pairs as the world's grader sees them."""
     prompts = read_jsonl(it / "prompts.jsonl")
     cands = read_jsonl(it / "candidates.jsonl")
     judged = read_jsonl(it / "judgements.jsonl") if (it / "judgements.jsonl").exists() else []
@@ -234,24 +236,27 @@ def iteration_data(it: Path) -> dict:
             "prompts_rejected": made.get("rejected"), "candidates": len(texts), "pairs": len(pairs),
             "score_histogram": dict(sorted(hist.items())),
             "mean_response_chars": sum(map(len, texts)) / max(len(texts), 1),
-            "pairs_vs_grader": pairs_vs_grader(pairs)}
+            "pairs_vs_grader": pairs_vs_grader(pairs) if graded else None}
 
 
 def pairs_vs_grader(pairs: list[dict]) -> dict:
-    """How the self-judged pairs look to the built-in world's grader (an outside check the loop
-    never uses for training): "agree" = the grader also scores chosen above rejected, "tie" = it
-    scores them equal, "disagree" = it prefers the rejected one. Pairs whose prompt is not a world
-    task (real data, or a self-instructed prompt no template matches) are counted as "ungraded".
-    DPO can only teach what the "agree" pairs hold; with as many "disagree" pairs it learns noise."""
-    from srlm.world import grade_prompt
+    """What the self-judged pairs hold, checked after the fact by the built-in world's grader (an
+    outside check the loop never uses for training): "right_wrong" = the chosen answer is right
+    (any style, srlm.world.answer_correct) and the rejected one wrong (what DPO should learn),
+    "wrong_right" = the reverse, "both_right" / "both_wrong" = the pair differs in style only (or
+    not at all in correctness), "ungraded" = the prompt is not a world task (real data, or a
+    self-written prompt that matches no template)."""
+    from srlm.world import parse_task, answer_correct
 
-    out = {"agree": 0, "tie": 0, "disagree": 0, "ungraded": 0}
+    out = {"right_wrong": 0, "wrong_right": 0, "both_right": 0, "both_wrong": 0, "ungraded": 0}
     for p in pairs:
-        chosen, rejected = grade_prompt(p["prompt"], p["chosen"]), grade_prompt(p["prompt"], p["rejected"])
-        if chosen is None:
+        task = parse_task(p["prompt"])
+        if task is None:
             out["ungraded"] += 1
-        else:
-            out["agree" if chosen > rejected else "tie" if chosen == rejected else "disagree"] += 1
+            continue
+        chosen, rejected = answer_correct(task, p["chosen"]), answer_correct(task, p["rejected"])
+        out[{(True, False): "right_wrong", (False, True): "wrong_right",
+             (True, True): "both_right", (False, False): "both_wrong"}[(chosen, rejected)]] += 1
     return out
 
 
@@ -271,22 +276,22 @@ def results_table(results: dict) -> str:
             return "–"
         return f"{d['prompts_kept']} of {d['prompts_attempted']}" if d.get("prompts_attempted") else str(d["prompts_kept"])
 
-    def atd(g):  # the pairs as the grader sees them: agree / tie / disagree / ungraded
-        return "–" if not g or g["ungraded"] == sum(g.values()) else "/".join(str(g[k]) for k in g)
+    def by_grader(g):  # the pairs as the grader sees them: right>wrong / wrong>right / both right / both wrong / ungraded
+        return "–" if not g else "/".join(str(g[k]) for k in g)
 
-    head = ("| model | grader mean (0-5) | exact acc | W/T/L vs prev | W/T/L vs M1 | pairwise acc | exact match "
-            "| 5-best | Spearman | Kendall tau | judge parse fail | prompts kept | pairs | pairs by grader A/T/D/U "
-            "| mean answer chars |")
+    head = ("| model | answer-correct | exact acc | grade (0-5) | W/T/L vs M1 | judge pairwise acc | judge right>wrong "
+            "| judge AUC own samples | sampled answer-correct | judge parse fail | prompts kept | pairs "
+            "| pairs R>W/W>R/RR/WW/U | mean answer chars |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, r in results.items():
         ift, rm, d = r.get("instruction_following", {}), r.get("reward_modelling", {}), r.get("data", {})
+        own = r.get("own_samples", {})
         lines.append(
-            f"| {name.upper()} | {num(ift.get('mean_grade'), '{:.2f}')} | {pct(ift.get('exact_accuracy'))} "
-            f"| {wtl(r.get('vs_previous'))} | {wtl(r.get('vs_m1'))} | {pct(rm.get('pairwise_accuracy'))} "
-            f"| {pct(rm.get('exact_match'))} | {pct(rm.get('five_best'))} | {num(rm.get('spearman'))} "
-            f"| {num(rm.get('kendall_tau'))} | {pct(rm.get('parse_failure_rate'))} | {kept(d)} "
-            f"| {d.get('pairs', '–')} | {atd(d.get('pairs_vs_grader'))} "
-            f"| {num(ift.get('mean_response_chars'), '{:.1f}')} |")
+            f"| {name.upper()} | {pct(ift.get('answer_correct'))} | {pct(ift.get('exact_accuracy'))} "
+            f"| {num(ift.get('mean_grade'), '{:.2f}')} | {wtl(r.get('vs_m1'))} | {pct(rm.get('pairwise_accuracy'))} "
+            f"| {pct(rm.get('right_over_wrong'))} | {num(own.get('auc'))} | {pct(own.get('sampled_answer_correct'))} "
+            f"| {pct(rm.get('parse_failure_rate'))} | {kept(d)} | {d.get('pairs', '–')} "
+            f"| {by_grader(d.get('pairs_vs_grader'))} | {num(ift.get('mean_response_chars'), '{:.1f}')} |")
     return "\n".join(lines)
 
 
@@ -299,7 +304,8 @@ def main(argv=None):
     p.add_argument("--eft", default=str(DATA / "eft.jsonl"), help="EFT seed: judge prompts with judgements")
     p.add_argument("--seed-prompts", default=str(DATA / "seed_prompts.jsonl"), help="self-instruction seed pool")
     p.add_argument("--eval-prompts", default=str(DATA / "eval_prompts.jsonl"))
-    p.add_argument("--eval-groups", default=str(DATA / "eval_groups.jsonl"))
+    p.add_argument("--eval-groups", default=str(DATA / "eval_tellfree.jsonl"),
+                   help="held-out judged groups (default: the tell-free ones; data/eval_groups.jsonl has wording tells)")
     p.add_argument("--iterations", type=int, default=2, help="self-rewarding iterations (2 gives M2 and M3)")
     p.add_argument("--settings", choices=sorted(SETTINGS), default=None,
                    help="default hyperparameters: 'tiny' for the built-in M0, else 'paper'")

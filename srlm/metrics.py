@@ -141,6 +141,43 @@ def reward_model_metrics(groups: Iterable[dict]) -> dict:
     }
 
 
+def correctness_metrics(groups: Iterable[dict]) -> dict:
+    """How well judge scores separate right replies from wrong ones, within each group.
+
+    groups: {"correct": [bool | None], "scores": [judge score | None]}; replies whose correctness
+    is unknown (None) or whose score did not parse (None) are left out. Over every (right, wrong)
+    pair of one group:
+
+    - right_over_wrong: share of pairs where the right reply scores strictly higher (a judge tie
+      counts as a miss, as in pairwise accuracy);
+    - auc: the same with a tie counted as one half: the within-group ROC AUC (Mann-Whitney U / n
+      pairs, pooled over groups); 0.5 is a judge that cannot tell right from wrong.
+
+    Only groups that hold at least one scored right and one scored wrong reply count ("groups").
+
+        correctness_metrics([{"correct": [True, False, False], "scores": [5, 2, 5]}])
+        # pairs (5 vs 2) win, (5 vs 5) tie -> right_over_wrong 1/2, auc 3/4
+    """
+    wins = ties = pairs = used = 0
+    for g in groups:
+        correct, scores = list(g["correct"]), list(g["scores"])
+        if len(correct) != len(scores):
+            raise ValueError(f"group has {len(correct)} correctness flags but {len(scores)} scores")
+        right = [s for c, s in zip(correct, scores) if c is True and s is not None]
+        wrong = [s for c, s in zip(correct, scores) if c is False and s is not None]
+        if not right or not wrong:
+            continue
+        used += 1
+        for r in right:
+            for w in wrong:
+                pairs += 1
+                wins += r > w
+                ties += r == w
+    return {"right_over_wrong": wins / pairs if pairs else math.nan,
+            "auc": (wins + 0.5 * ties) / pairs if pairs else math.nan,
+            "groups": used, "pairs": pairs}
+
+
 def _pct(v) -> str:
     return "-" if v is None or v != v else f"{v * 100:.1f}%"     # None / nan: no usable group
 

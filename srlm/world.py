@@ -356,6 +356,19 @@ def is_exact(task: Task, response: str) -> bool:
     return isinstance(response, str) and response.strip() == task.answer
 
 
+def answer_correct(task: Task, response: str) -> bool:
+    """The reply's answer is right, in any style: the last answer it offers is the correct one
+    ("68", "The answer is 68.", "I think it is 68." and "Maybe 7, or 68." all count; "68 or 7" not)."""
+    cands = candidates(task, response if isinstance(response, str) else "")
+    return bool(cands) and cands[-1] == _normalised_answer(task)
+
+
+def correct_prompt(prompt: str, response: str) -> bool | None:
+    """answer_correct for a prompt given as text; None when the prompt matches no task."""
+    task = parse_task(prompt)
+    return None if task is None else answer_correct(task, response)
+
+
 def grade_prompt(prompt: str, response: str) -> int | None:
     """Grade a response to a prompt given as text; None when the prompt matches no task."""
     task = parse_task(prompt)
@@ -498,6 +511,29 @@ def response_of_quality(task: Task, score: int, rng: random.Random) -> str:
         if grade(task, text) == score:
             return text
     raise ValueError(f"no response of quality {score} found for {task}")
+
+
+STYLES = ("bare", "sentence", "hedged")
+
+
+def crossed_replies(task: Task, rng: random.Random) -> list[tuple[str, bool, str]]:
+    """A tell-free group: (reply, right?, style) for the right answer and one wrong answer, each
+    bare ("68" / "71", grades 5 / 2), in a sentence ("The answer is 68.", 4 / 2) and hedged ("I
+    think the answer is 68.", 3 / 2). Every wording occurs right and wrong, so no wording predicts
+    correctness: a judge scores these well only by telling right answers from wrong ones."""
+    wrong = wrong_answer(task, rng)
+    out = []
+    for answer, right in ((task.answer, True), (wrong, False)):
+        sentence = _fill_response(rng.choice(DIRECT[task.family]), task, wrong) if right else None
+        for style in STYLES:
+            if style == "bare":
+                text = answer
+            elif style == "sentence":
+                text = sentence if right else rng.choice(("The answer is {x}.", "It is {x}.")).format(x=answer)
+            else:
+                text = rng.choice(("I think the answer is {x}.", "Maybe {x}?", "Perhaps it is {x}.")).format(x=answer)
+            out.append((text, right, style))
+    return out
 
 
 def responses_of_each_quality(task: Task, rng: random.Random) -> list[str]:

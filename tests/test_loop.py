@@ -153,38 +153,96 @@ def test_head_to_head_hand_counted():
 
 
 def test_results_table_layout():
-    table = loop.results_table({"m1": {"instruction_following": {"mean_grade": 2.5, "exact_accuracy": 0.25,
-                                                                  "mean_response_chars": 4.0},
-                                       "reward_modelling": {"pairwise_accuracy": 0.5, "spearman": float("nan")}}})
+    table = loop.results_table({"m1": {"instruction_following": {"answer_correct": 0.5, "mean_grade": 2.5,
+                                                                  "exact_accuracy": 0.25, "mean_response_chars": 4.0},
+                                       "reward_modelling": {"pairwise_accuracy": 0.5, "spearman": float("nan")},
+                                       "own_samples": {"auc": 0.625}}})
     header, rule, row = table.splitlines()
     assert header.count("|") == rule.count("|") == row.count("|")
-    assert "| M1 | 2.50 | 25.0% |" in row and "| 50.0% |" in row
+    assert "| M1 | 50.0% | 25.0% | 2.50 |" in row and "| 50.0% |" in row and "| 0.625 |" in row
 
 
 def test_pairs_vs_grader_hand_counted():
-    """World grader: "8" is exact (5), "I think it is 8." states it with extra words (4),
-    "7" is a wrong answer of the right kind (2); a prompt no template matches is ungraded."""
+    """World grader: 3 + 5 = 8, so "8" is right and "6", "9" are wrong, in any wording; a prompt
+    that is not a world question is ungraded."""
     q = "What is 3 + 5?"
-    pairs = [{"prompt": q, "chosen": "8", "rejected": "7"},                  # 5 > 2: agree
-             {"prompt": q, "chosen": "7", "rejected": "8"},                  # 2 < 5: disagree
-             {"prompt": q, "chosen": "6", "rejected": "7"},                  # 2 = 2: tie
-             {"prompt": q, "chosen": "8", "rejected": "I think it is 8."},    # 5 > 4: agree
-             {"prompt": "Tell me a joke.", "chosen": "a", "rejected": "b"}]  # no task: ungraded
-    assert loop.pairs_vs_grader(pairs) == {"agree": 2, "tie": 1, "disagree": 1, "ungraded": 1}
+    pairs = [{"prompt": q, "chosen": "8", "rejected": "6"},                  # right over wrong
+             {"prompt": q, "chosen": "It is 9.", "rejected": "8"},           # wrong over right
+             {"prompt": q, "chosen": "8", "rejected": "I think it is 8."},    # both right (style only)
+             {"prompt": q, "chosen": "6", "rejected": "Maybe 9?"},            # both wrong
+             {"prompt": q, "chosen": "The answer is 8.", "rejected": "9"},    # right over wrong
+             {"prompt": "Tell me a joke.", "chosen": "a", "rejected": "b"}]  # not a world question
+    assert loop.pairs_vs_grader(pairs) == {"right_wrong": 2, "wrong_right": 1, "both_right": 1,
+                                           "both_wrong": 1, "ungraded": 1}
 
 
 def test_instruction_following_leaves_open_ended_prompts_ungraded(monkeypatch):
-    """A world prompt is graded ("8" to 3 + 5 is exact: 5); an open-ended one (real data) is kept
-    ungraded and left out of the means and of head-to-head."""
+    """A world prompt is graded ("8" to 3 + 5 is exact: 5; "Maybe 8?" is right but hedged: 3); an
+    open-ended one (real data) is kept ungraded and left out of the means and of head-to-head."""
     from srlm import evaluate
-    monkeypatch.setattr(evaluate, "_greedy", lambda model, tok, prompts, n, bs: ["8", "Why did the chicken..."])
-    prompts = [{"id": "a", "prompt": "What is 3 + 5?"}, {"id": "b", "prompt": "Tell me a joke."}]
+    q = "What is 3 + 5?"
+    monkeypatch.setattr(evaluate, "_greedy", lambda model, tok, prompts, n, bs: ["8", "Why did the chicken...", "Maybe 8?"])
+    prompts = [{"id": "a", "prompt": q}, {"id": "b", "prompt": "Tell me a joke."}, {"id": "c", "prompt": q}]
     metrics, rows = evaluate.instruction_following(None, None, prompts, 8, 2)
-    assert metrics["mean_grade"] == 5.0 and metrics["exact_accuracy"] == 1.0
-    assert metrics["graded"] == 1 and metrics["ungraded"] == 1
-    assert rows[1]["grade"] is None and rows[1]["response"] == "Why did the chicken..."
-    other = [{"prompt": "What is 3 + 5?", "grade": 2}, {"prompt": "Tell me a joke.", "grade": None}]
-    assert head_to_head(rows, other) == {"win": 1.0, "tie": 0.0, "loss": 0.0, "prompts": 1}
+    # graded: "8" (right, exact, 5) and "Maybe 8?" (right, hedged, 3)
+    assert metrics["answer_correct"] == 1.0 and metrics["exact_accuracy"] == 0.5 and metrics["mean_grade"] == 4.0
+    assert metrics["graded"] == 2 and metrics["ungraded"] == 1
+    assert rows[1]["grade"] is None and rows[1]["correct"] is None and rows[1]["response"] == "Why did the chicken..."
+    other = [{"prompt": q, "grade": 2}, {"prompt": "Tell me a joke.", "grade": None}]
+    assert head_to_head(rows[:2], other) == {"win": 1.0, "tie": 0.0, "loss": 0.0, "prompts": 1}
+
+
+def test_own_samples_auc_hand_counted(monkeypatch):
+    """Two prompts, 3 samples each; the judge's scores against the grader's right/wrong:
+    prompt 1: right 5, wrong 2, wrong 5 -> pairs (5>2) win, (5=5) tie; prompt 2: all wrong, no pair.
+    AUC = (1 + 0.5) / 2 = 0.75; right over wrong 1/2; sampled answer-correct 1/6."""
+    from srlm import evaluate, sampling
+    q = "What is 3 + 5?"                   # right: 8
+    q2 = "What is 4 + 5?"                  # right: 9
+    answers = ["8", "6", "9", "4", "2", "It is 7."]
+    monkeypatch.setattr(sampling, "generate", lambda model, prompts, n, **kw: [[i] for i in range(len(prompts))])
+    judged = {"8": "Score: 5", "6": "Score: 2", "9": "Score: 5", "4": "Score: 1", "2": "Score: 4", "It is 7.": "Score: 0"}
+
+    class Tok:
+        eos_id = 2
+
+        def encode_prompt(self, text):
+            return [0]
+
+        def decode(self, ids):
+            return answers[ids[0]]
+
+    def fake_judge(model, tokenizer, **kw):
+        return lambda prompts: [judged[p.split("Answer: ")[1].split("\n")[0]] for p in prompts]
+
+    monkeypatch.setattr(evaluate, "make_model_judge", fake_judge)
+    metrics, rows = evaluate.own_samples(None, Tok(), [{"prompt": q}, {"prompt": q2}], "Q: {prompt}\nAnswer: {response}\n",
+                                         3, 0.7, 0.9, 8, 8, 4)
+    assert metrics["auc"] == 0.75 and metrics["right_over_wrong"] == 0.5 and metrics["prompts_with_both"] == 1
+    assert metrics["sampled_answer_correct"] == pytest.approx(1 / 6) and metrics["samples"] == 6
+    assert rows[0]["correct"] == [True, False, False] and rows[1]["scores"] == [1.0, 4.0, 0.0]
+
+
+def test_the_grader_never_reaches_training(micro, monkeypatch):
+    """With every grader entry point of srlm.world raising, the loop's training steps (SFT, prompts,
+    candidates, judging, pairs, DPO) still run, to the same pairs and weights as an ordinary run;
+    only the evaluation (skipped here) may grade."""
+    from srlm import world
+
+    ref_dir = micro / "grader_ref"
+    loop.main(loop_args(micro, ref_dir) + ["--skip-eval"])
+
+    def boom(*a, **k):
+        raise AssertionError("the world's grader was called during training")
+
+    for name in ("grade", "answer_correct", "is_exact", "parse_task", "grade_prompt", "correct_prompt", "pick"):
+        monkeypatch.setattr(world, name, boom)
+    run_dir = micro / "grader_free"
+    loop.main(loop_args(micro, run_dir) + ["--skip-eval"])
+    for rel in ARTIFACTS:
+        assert (run_dir / rel).read_bytes() == (ref_dir / rel).read_bytes(), rel
+    wa, wb = weights(ref_dir / "iter2" / "model"), weights(run_dir / "iter2" / "model")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_whole_loop_under_torchrun_matches_one_process(micro):

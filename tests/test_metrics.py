@@ -125,3 +125,38 @@ def test_correlations_match_scipy_on_random_groups_with_ties():
         rhos.append(ours_rho)
         taus.append(ours_tau)
     assert len(rhos) > 100   # most random groups were compared, not skipped
+
+
+def test_correctness_metrics_hand_computed():
+    """Two groups. Group 1: right scores [5, 3], wrong [2, 3]: pairs (5>2) win, (5>3) win, (3>2) win,
+    (3=3) tie -> 3 wins, 1 tie of 4. Group 2: right [4], wrong [4, None]: the unscored wrong reply is
+    left out -> (4=4) tie. Group 3 has no wrong reply: not counted.
+    right_over_wrong = 3 / 5 (ties miss); auc = (3 + 0.5 * 2) / 5 = 0.8."""
+    from srlm.metrics import correctness_metrics
+    groups = [{"correct": [True, False, True, False], "scores": [5, 2, 3, 3]},
+              {"correct": [True, False, False], "scores": [4, 4, None]},
+              {"correct": [True, True, None], "scores": [1, 2, 0]}]
+    m = correctness_metrics(groups)
+    assert m["right_over_wrong"] == pytest.approx(3 / 5) and m["auc"] == pytest.approx(0.8)
+    assert m["groups"] == 2 and m["pairs"] == 5
+
+
+def test_correctness_auc_matches_mann_whitney_on_random_groups():
+    """Pooled over groups, the AUC is the Mann-Whitney U of each group (ties 1/2) over its pairs,
+    checked here against scipy's mannwhitneyu per group."""
+    stats = pytest.importorskip("scipy.stats")
+    from srlm.metrics import correctness_metrics
+    rng = np.random.default_rng(0)
+    groups, u_total, n_total = [], 0.0, 0
+    for _ in range(30):
+        correct = [bool(c) for c in rng.integers(0, 2, size=6)]
+        scores = [float(s) for s in rng.integers(0, 6, size=6)]
+        groups.append({"correct": correct, "scores": scores})
+        right = [s for c, s in zip(correct, scores) if c]
+        wrong = [s for c, s in zip(correct, scores) if not c]
+        if right and wrong:
+            u_total += stats.mannwhitneyu(right, wrong).statistic
+            n_total += len(right) * len(wrong)
+    assert correctness_metrics(groups)["auc"] == pytest.approx(u_total / n_total)
+    with pytest.raises(ValueError):
+        correctness_metrics([{"correct": [True], "scores": [1, 2]}])

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from srlm.world import (FAMILIES, FAMILY_NAMES, candidates, criteria, grade, grade_prompt,
-                        is_exact, judgement_text, make_task, parse_task, response_of_quality,
-                        responses_of_each_quality, sample_task)
+from srlm.world import (FAMILIES, FAMILY_NAMES, STYLES, answer_correct, candidates, criteria, crossed_replies,
+                        grade, grade_prompt, is_exact, judgement_text, make_task, parse_task,
+                        response_of_quality, responses_of_each_quality, sample_task)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
@@ -237,7 +237,7 @@ def _load_build():
 def _rows(name):
     path = DATA / name
     if not path.is_file():
-        pytest.skip(f"{path} not built (python data/build.py)")
+        pytest.skip(f"{path} not built (python -m data.build)")
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -341,3 +341,46 @@ def test_m0_checkpoint_matches_tokenizer():
     assert cfg["vocab_size"] == sp.vocab_size()
     assert (DATA / "m0" / "model.safetensors").is_file()
     assert (DATA / "m0" / "tokenizer.model").read_bytes() == (DATA / "tokenizer.model").read_bytes()
+
+
+# ----------------------------------------------------------------------------- answer-correct and tell-free groups
+
+@pytest.mark.parametrize("response, right", [
+    ("68", True),                                   # bare
+    ("The answer is 68.", True),                    # sentence: 23 + 45 = 68
+    ("23 + 45 = 68.", True),                        # the last number offered decides
+    ("I think it might be 70, or perhaps 68.", True),   # hedged, but its last answer is right
+    ("Hmm, 68? Or maybe 70.", False),               # its last answer is 70
+    ("70", False),
+    ("I enjoy walking in the park.", False),        # no answer
+    ("", False),
+])
+def test_answer_correct_hand_written(response, right):
+    assert answer_correct(ADD, response) == right
+
+
+def test_crossed_replies_no_wording_predicts_correctness():
+    rng = random.Random(2)
+    for _ in range(300):
+        task = sample_task(rng)
+        group = crossed_replies(task, rng)
+        assert sorted((r, s) for _, r, s in group) == sorted((r, s) for r in (False, True) for s in STYLES)
+        for reply, right, style in group:
+            assert answer_correct(task, reply) == right
+            assert grade(task, reply) == ({"bare": 5, "sentence": 4, "hedged": 3}[style] if right else 2)
+
+
+def test_tellfree_groups_file():
+    """Same held-out questions as eval_groups.jsonl; right and wrong each bare, in a sentence and
+    hedged; ranks follow the grader; built deterministically by the generator."""
+    tellfree, groups = _rows("eval_tellfree.jsonl"), _rows("eval_groups.jsonl")
+    assert [g["prompt"] for g in tellfree] == [g["prompt"] for g in groups]
+    for g in tellfree:
+        task = parse_task(g["prompt"])
+        assert [answer_correct(task, r) for r in g["replies"]] == g["correct"]
+        assert sorted(zip(g["correct"], g["styles"])) == sorted((c, s) for c in (False, True) for s in STYLES)
+        graded = [grade(task, r) for r in g["replies"]]
+        assert graded == g["scores"] and sorted(graded) == [2, 2, 2, 3, 4, 5]
+        assert g["ranks"] == [sum(o > x for o in graded) for x in graded]
+    build = _load_build()
+    assert build.build_text(seed=0)["eval_tellfree.jsonl"] == build.build_text(seed=0)["eval_tellfree.jsonl"]
