@@ -96,6 +96,7 @@ HELP = {
     "eval_max_new_tokens": "longest answer in the evaluation, in tokens",
     "prompt_model": "who writes the prompts: 'current' (M_t), 'base' (M0) or a checkpoint directory",
     "similarity_threshold": "ROUGE-L at which a new prompt counts as a near-duplicate",
+    "eval_own_samples": "answers sampled per held-out prompt for the judge's AUC on its own samples (0: skip)",
 }
 
 
