@@ -240,8 +240,8 @@ def test_the_grader_never_reaches_training(micro, monkeypatch):
         monkeypatch.setattr(world, name, boom)
     run_dir = micro / "grader_free"
     loop.main(loop_args(micro, run_dir) + ["--skip-eval"])
-    for rel in ARTIFACTS:
-        assert (run_dir / rel).read_bytes() == (ref_dir / rel).read_bytes(), rel
+    for rel in ARTIFACTS:  # the same bytes, up to the run directory's own name (prompts record their writer)
+        assert (run_dir / rel).read_text().replace(str(run_dir), str(ref_dir)) == (ref_dir / rel).read_text(), rel
     wa, wb = weights(ref_dir / "iter2" / "model"), weights(run_dir / "iter2" / "model")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
