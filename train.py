@@ -16,6 +16,7 @@ Run the same command again after a crash to resume. The loop itself lives in srl
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 
 from srlm.trainer import TrainConfig, train
 
@@ -69,16 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        stage=a.stage, data=a.data, out=a.out, init=a.init, model_config=a.model_config, tokenizer=a.tokenizer,
-        lr=a.lr, min_lr=a.min_lr, warmup_steps=a.warmup_steps, epochs=a.epochs, max_steps=a.max_steps,
-        batch_size=a.batch_size, micro_batch_size=a.micro_batch_size, max_seq_len=a.max_seq_len, beta=a.beta,
-        label_smoothing=a.label_smoothing, loss=a.loss, dropout=a.dropout, weight_decay=a.weight_decay,
-        grad_clip=a.grad_clip, save_every=a.save_every, save_every_minutes=a.save_every_minutes, seed=a.seed, device=a.device, dtype=a.dtype,
-        save_dtype=a.save_dtype, activation_checkpointing=a.activation_checkpointing,
-        reduce_every_micro_batch=a.reduce_every_micro_batch, attn_impl=a.attn_impl,
-        logprob_impl=a.logprob_impl, resume=a.resume, stop_after_steps=a.stop_after_steps,
-        progress=not a.no_progress)
+    """Every flag is the TrainConfig field of the same name (--no-progress: progress=False)."""
+    names = {f.name for f in fields(TrainConfig)} - {"progress"}
+    return TrainConfig(**{k: v for k, v in vars(a).items() if k in names}, progress=not a.no_progress)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -168,11 +168,11 @@ import json, os, sys
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 import train
-from srlm import dist, trainer
+from srlm import dist, fsdp
 from srlm.logprobs import LogprobModel
 
 events = []
-real_sync, real_forward, real_build = FSDPModule.set_requires_gradient_sync, LogprobModel.forward, trainer.build_model
+real_sync, real_forward, real_build = FSDPModule.set_requires_gradient_sync, LogprobModel.forward, fsdp.build_model
 
 def sync(self, flag, **kw):
     events.append(f"sync {flag}")
@@ -188,7 +188,7 @@ def build(*a, **k):
     events.append("full model built")
     return real_build(*a, **k)
 
-FSDPModule.set_requires_gradient_sync, LogprobModel.forward, trainer.build_model = sync, forward, build
+FSDPModule.set_requires_gradient_sync, LogprobModel.forward, fsdp.build_model = sync, forward, build
 train.main(sys.argv[1:])
 dist.cleanup()
 with open(os.environ["SPY_LOG"] + "." + os.environ["RANK"], "w") as f:
@@ -233,10 +233,11 @@ from pathlib import Path
 import torch
 from srlm import dist
 from srlm.checkpoint import CheckpointError, load_model
-from srlm import trainer
-from srlm.trainer import TrainConfig, build_sharded_model, full_model_state
+from srlm import fsdp
+from srlm.fsdp import build_sharded_model, full_model_state
+from srlm.trainer import TrainConfig
 
-trainer.build_model = lambda *a, **k: sys.exit("no rank may build the full model from an HF checkpoint")
+fsdp.build_model = lambda *a, **k: sys.exit("no rank may build the full model from an HF checkpoint")
 rank, world, device = dist.init_distributed("cpu")
 results = {}
 for path in sys.argv[1:]:

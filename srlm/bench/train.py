@@ -36,7 +36,8 @@ from srlm import dist as sdist
 from srlm.io import append_jsonl
 from srlm.logprobs import LogprobModel
 from srlm.model import Llama, ModelArgs
-from srlm.trainer import TrainConfig, grad_norm_and_clip, shard_model, step_losses
+from srlm.fsdp import shard_model
+from srlm.trainer import TrainConfig, grad_norm_and_clip, step_losses
 
 CONFIGS = {
     "tiny": dict(preset="tiny"),  # 2 layers, dim 64, vocab 512
@@ -85,7 +86,7 @@ def build_step(a, config: str, stage: str, variant: str, rank: int, world: int, 
     model = Llama(args)
     n_params = model.num_params()
     if a.activation_checkpointing:
-        from srlm.trainer import enable_activation_checkpointing
+        from srlm.fsdp import enable_activation_checkpointing
 
         enable_activation_checkpointing(model)
     wrapped = LogprobModel(model.to(device), impl=logprob_impl)
