@@ -41,17 +41,6 @@ def shard(items: list, rank: int, world_size: int) -> list:
     return items[rank::world_size]
 
 
-def unshard(per_rank: list[list]) -> list:
-    """Inverse of `shard`: interleave the per-rank lists back into input order."""
-    out = []
-    longest = max((len(p) for p in per_rank), default=0)
-    for i in range(longest):
-        for part in per_rank:
-            if i < len(part):
-                out.append(part[i])
-    return out
-
-
 def gather_objects(obj):
     """Collect one picklable object from every rank onto rank 0 (a list indexed by rank).
 

@@ -25,6 +25,7 @@ Tests: `python -m pytest -q tests/test_logprobs.py`.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -35,10 +36,11 @@ IGNORE_INDEX = -100
 
 
 def _kernels():
-    """kernels/logprobs.py when it is importable, else None (then the plain path is used)."""
+    """kernels/logprobs.py, or None when it (or triton) is not installed; any other error while
+    importing it is a bug in the kernels and is raised, never hidden behind the plain path."""
     try:
         from kernels import logprobs as k
-    except Exception:  # the kernels package may be absent, or triton unusable on this machine
+    except ImportError:
         return None
     return k
 
@@ -55,6 +57,8 @@ def resolve_impl(impl: Optional[str], device: torch.device) -> str:
     if impl != "torch" and (k is None or not hasattr(k, "linear_logprobs" if impl == "triton" else
                                                     "linear_logprobs_chunked")):
         raise ValueError(f"logprob impl {impl!r} needs kernels/logprobs.py, which is not importable here")
+    if impl == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("logprob impl 'triton' needs a CUDA device (or TRITON_INTERPRET=1); use 'chunked' or 'torch'")
     return impl
 
 

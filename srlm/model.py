@@ -152,7 +152,13 @@ def attention(q, k, v, mask: Optional[torch.Tensor], impl: str, dropout_p: float
     B, H, T, hd = q.shape
     S = k.shape[2]
     n_rep = H // k.shape[1]
-    if impl == "triton" and mask is None and dropout_p == 0.0 and (q.is_cuda or _triton_interpreter()):
+    if impl == "triton":  # kernels/attention.py: causal only, no explicit mask, no dropout
+        if not (q.is_cuda or _triton_interpreter()):
+            raise RuntimeError("attn_impl='triton' needs a CUDA device (or TRITON_INTERPRET=1, as the tests set); "
+                               "use attn_impl='sdpa' here")
+        if mask is not None or dropout_p > 0.0:
+            raise ValueError("attn_impl='triton' computes plain causal attention: it takes no explicit mask "
+                             "(a padded batch) and no attention dropout; use attn_impl='sdpa' for these")
         from kernels.attention import flash_attention  # causal, bottom-right aligned when T < S
 
         return flash_attention(q, k, v, causal=True)
@@ -165,7 +171,7 @@ def attention(q, k, v, mask: Optional[torch.Tensor], impl: str, dropout_p: float
         scores = scores.masked_fill(~mask, float("-inf"))
         probs = F.dropout(F.softmax(scores, dim=-1), p=dropout_p)
         return (probs @ v.float()).type_as(q)
-    # "sdpa", and "triton" where the kernel does not apply (an explicit mask, dropout): PyTorch's fused attention.
+    # "sdpa": PyTorch's fused attention.
     if T == 1 and dropout_p == 0.0:
         return decode_attention(q, k, v, mask)
     # enable_gqa: each K/V head serves its group of query heads inside the kernel, with no (B, H, S, hd)
@@ -186,7 +192,7 @@ def decode_attention(q, k, v, mask: Optional[torch.Tensor]) -> torch.Tensor:
     left out (a padded batch still passes which cached slots are real). Grouped-query attention
     becomes plain attention by viewing the n_rep query heads that share a K/V head as n_rep queries
     of that head, (B, n_kv_heads, n_rep, hd): no copy of K/V and no GQA bookkeeping in the kernel
-    (on CPU ~1.3x faster than enable_gqa at the tiny preset's 16-wide heads).
+    (faster than enable_gqa on CPU: BENCHMARKS.md, "Small choices in the decode path").
     """
     B, H, _, hd = q.shape
     n_kv = k.shape[1]
@@ -205,10 +211,10 @@ class KVCache:
     `update(start_pos, k, v)` writes the new T positions at [start_pos, start_pos + T) and
     returns every key/value written so far, [0, start_pos + T), for the attention of this step.
 
-    A fixed-shape decode step (for torch.compile; see srlm/sampling.py) passes start_pos as a
-    one-element tensor instead: the single new position is written there and the WHOLE cache is
-    returned, so the shapes never change from step to step; the caller's mask then hides the
-    slots not written yet.
+    `update_fixed(slot, k, v)` is the fast path for a fixed-shape decode step (torch.compile; see
+    srlm/sampling.py): the slot is a one-element tensor, the single new position is written there
+    and the WHOLE cache is returned, so the shapes never change from step to step; the caller's
+    mask then hides the slots not written yet. Tested equal to `update` (tests/test_model.py).
     """
 
     def __init__(self, max_batch_size, n_kv_heads, max_seq_len, head_dim, dtype, device):
@@ -216,17 +222,19 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
 
-    def update(self, start_pos: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    def update(self, start_pos: int, k: torch.Tensor, v: torch.Tensor):
         B, _, T, _ = k.shape
-        if isinstance(start_pos, torch.Tensor):  # fixed shapes: slot given as a tensor (1,), T == 1
-            self.k[:B].index_copy_(2, start_pos, k)
-            self.v[:B].index_copy_(2, start_pos, v)
-            return self.k[:B], self.v[:B]
         if start_pos + T > self.k.shape[2]:
             raise ValueError(f"KV cache holds {self.k.shape[2]} positions; asked to write up to {start_pos + T}")
         self.k[:B, :, start_pos : start_pos + T] = k
         self.v[:B, :, start_pos : start_pos + T] = v
         return self.k[:B, :, : start_pos + T], self.v[:B, :, : start_pos + T]
+
+    def update_fixed(self, slot: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        B = k.shape[0]  # k, v: (B, n_kv_heads, 1, head_dim); slot: (1,)
+        self.k[:B].index_copy_(2, slot, k)
+        self.v[:B].index_copy_(2, slot, v)
+        return self.k[:B], self.v[:B]  # (B, n_kv_heads, max_seq_len, head_dim)
 
 
 class Attention(nn.Module):
@@ -248,7 +256,9 @@ class Attention(nn.Module):
         xv = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
         xq, xk = apply_rotary_emb(xq, xk, freqs_cis)
         q, k, v = (t.transpose(1, 2) for t in (xq, xk, xv))  # (B, heads, T, head_dim)
-        if self.cache is not None:
+        if isinstance(start_pos, torch.Tensor):  # a fixed-shape decode step (srlm/sampling.py: decode_fixed)
+            k, v = self.cache.update_fixed(start_pos, k, v)  # (B, n_kv_heads, max_seq_len, head_dim)
+        elif self.cache is not None:
             k, v = self.cache.update(start_pos, k, v)  # (B, n_kv_heads, start_pos + T, head_dim)
         dropout_p = self.dropout if self.training else 0.0
         out = attention(q, k, v, mask, self.attn_impl, dropout_p)  # (B, n_heads, T, head_dim)
@@ -286,8 +296,8 @@ class TransformerBlock(nn.Module):
         return h + self.resid_dropout(self.feed_forward(self.ffn_norm(h)))
 
     def resid_dropout(self, y: torch.Tensor) -> torch.Tensor:
-        # What nn.Dropout does, but outside training (or at p = 0) not even a call into torch:
-        # at decode time that is ~4% of a small model's step.
+        # What nn.Dropout does, but outside training (or at p = 0) not even a call into torch,
+        # which shows in a small model's decode step (BENCHMARKS.md).
         return F.dropout(y, self.dropout) if self.training and self.dropout > 0 else y
 
 

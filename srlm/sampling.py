@@ -92,7 +92,7 @@ def sample_logits(logits: torch.Tensor, temperature: float = 0.0, top_p: float =
     """
     if temperature == 0.0:
         # max(...).indices is argmax (the first maximal index on ties, as argmax), but on CPU
-        # torch's multi-row argmax kernel is ~3x slower than max's; at vocab 32k it cost ~1 ms a step.
+        # torch's multi-row argmax kernel is slower than max's (BENCHMARKS.md).
         return logits.max(dim=-1).indices
     logits = logits.float() / temperature
     logits = top_k_filter(logits, top_k)
@@ -210,16 +210,17 @@ def _find_stop(tokenizer, ids: list[int], stop_strings: Sequence[str]) -> Option
 # ----------------------------------------------------------------------------- one batch
 
 
-@torch.inference_mode()  # like no_grad, and also skips autograd's version counters: ~10% less per-op cost
+@torch.inference_mode()  # like no_grad, and also skips autograd's version counters (less per-op cost)
 def generate_batch(model, prompt_tokens: list[list[int]], max_new_tokens: int, *, temperature: float,
                    top_p: float, top_k: int, eos_id: Optional[int], generator: torch.Generator,
                    stop_strings: Optional[Sequence[str]], tokenizer, return_logprobs: bool,
-                   sync_every: int, compiled_step=None, cache_len: Optional[int] = None):
+                   sync_every: int, compiled_step=None, cache_len: Optional[int] = None, plain: bool = False):
     """Generate for one batch whose KV cache is already set up. Returns (ids per row, logprobs per row or None).
 
     The rows stop together after min(max_new_tokens, max_seq_len - P) tokens at most.
-    compiled_step: a compiled decode_fixed (then cache_len, the slots of the cache, is required);
-    None runs decode_one.
+    compiled_step: a compiled decode_fixed (then cache_len, the slots of the cache, is required).
+    plain: always the plain prefill and decode step (mask and positions for every batch), the
+    reference the fast paths are tested against.
     """
     device = model.output.weight.device
     B = len(prompt_tokens)
@@ -234,11 +235,26 @@ def generate_batch(model, prompt_tokens: list[list[int]], max_new_tokens: int, *
     for i, ids in enumerate(prompt_tokens):
         tokens[i, P - len(ids):] = torch.tensor(ids, dtype=torch.long)
     tokens = tokens.to(device)  # one host-to-device copy
-    # Without padding (e.g. K copies of one prompt) the model's own causal mask and positions
-    # (start_pos + arange) are exact. Leaving the mask out lets a GPU use its fastest (flash)
-    # attention kernel for the prefill; leaving positions out replaces a (B, T) gather of rotary
-    # angles by one shared slice (~4% of a tiny-model decode step on CPU).
-    padded = bool((lengths != P).any())
+    padded = plain or bool((lengths != P).any())
+
+    # The decode step: the previous token (B, 1) into cache slot `slot` -> next-token logits (B, vocab).
+    # The plain step gives each row its rotary position and the mask of its real cached keys, and
+    # is right for any batch. Two fast paths give the same tokens (tests/test_sampling.py):
+    #   - no padding (e.g. K copies of one prompt): the model's own causal mask and positions
+    #     (start_pos + arange) are exact, so neither is passed (a GPU then takes its flash kernel
+    #     for the prefill, and the rotary angles are one shared slice instead of a gather);
+    #   - compile=True: decode_fixed, whose shapes never change, through torch.compile.
+    def plain_step(token, slot):
+        mask = key_valid[:, None, None, : slot + 1]  # (B, 1, 1, slot + 1)
+        return decode_one(model, token, slot, positions[:, slot : slot + 1], mask)
+
+    def unpadded_step(token, slot):
+        return decode_one(model, token, slot, None, None)
+
+    def compiled(token, slot):
+        return compiled_step(model, token, slots[slot : slot + 1], positions, key_valid)
+
+    step = compiled if compiled_step is not None else plain_step if padded else unpadded_step
 
     out = torch.zeros(B, n_new, dtype=torch.long, device=device)  # preallocated: one column per step
     logprobs = torch.zeros(B, n_new, dtype=torch.float32, device=device) if return_logprobs else None
@@ -253,14 +269,7 @@ def generate_batch(model, prompt_tokens: list[list[int]], max_new_tokens: int, *
     can_stop = eos_id is not None or bool(stop_strings)  # if not, every row runs to n_new: nothing to check
     for t in range(n_new):
         if t > 0:
-            slot = P + t - 1  # the previous token goes into this cache slot
-            if compiled_step is not None:
-                logits = compiled_step(model, out[:, t - 1 : t], slots[slot : slot + 1], positions, key_valid)
-            elif padded:
-                mask = key_valid[:, None, None, : slot + 1]  # (B, 1, 1, slot + 1)
-                logits = decode_one(model, out[:, t - 1 : t], slot, positions[:, slot : slot + 1], mask)
-            else:
-                logits = decode_one(model, out[:, t - 1 : t], slot, None, None)
+            logits = step(out[:, t - 1 : t], P + t - 1)  # the previous token goes into slot P + t - 1
         token = sample_logits(logits, temperature, top_p, top_k, generator)  # (B,)
         out[:, t] = token
         if logprobs is not None:  # the model's own log-likelihood of the token (before temperature/filters)
@@ -324,7 +333,8 @@ def _check_inputs(model, prompt_tokens, max_new_tokens, temperature, top_p, top_
 def generate(model, prompt_tokens: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
              top_p: float = 1.0, top_k: int = 0, eos_id: Optional[int] = None, seed: int = 0,
              stop_strings: Optional[Sequence[str]] = None, tokenizer=None, return_logprobs: bool = False,
-             batch_size: Optional[int] = None, sync_every: Optional[int] = None, compile: bool = False):
+             batch_size: Optional[int] = None, sync_every: Optional[int] = None, compile: bool = False,
+             plain: bool = False):
     """Sample a continuation of every prompt. Returns the new ids per row, in input order.
 
     prompt_tokens: list of token-id lists (include BOS yourself, e.g. tokenizer.encode_prompt).
@@ -342,6 +352,7 @@ def generate(model, prompt_tokens: list[list[int]], max_new_tokens: int, tempera
     sync_every: read the done flags back every this many steps (default 1 on CPU, 16 on GPU).
     compile: run the decode step through torch.compile (decode_fixed: fixed shapes). The first call
         for each batch size and (rounded) cache length compiles, which takes seconds to a minute.
+    plain: no fast path (every batch decoded with masks and positions, no compile): the reference.
     """
     _check_inputs(model, prompt_tokens, max_new_tokens, temperature, top_p, top_k, stop_strings, tokenizer)
     n = len(prompt_tokens)
@@ -352,7 +363,7 @@ def generate(model, prompt_tokens: list[list[int]], max_new_tokens: int, tempera
     if sync_every is None:
         sync_every = 16 if device.type == "cuda" else 1
     batch_size = batch_size or n
-    compiled_step = compiled_decode_step(device.type) if compile else None
+    compiled_step = compiled_decode_step(device.type) if compile and not plain else None
 
     # Chunks of prompts of similar length waste less compute on padding. The sort is stable, so
     # K copies of one prompt stay next to each other.
@@ -360,7 +371,7 @@ def generate(model, prompt_tokens: list[list[int]], max_new_tokens: int, tempera
     chunks = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     max_len = model.args.max_seq_len
     cache_len = max(min(max(len(prompt_tokens[i]) for i in c) + max_new_tokens, max_len) for c in chunks)
-    if compile:  # every cache length is a new compiled graph: round up to a multiple of 64 to reuse them
+    if compiled_step is not None:  # every cache length is a new compiled graph: round up to a multiple of 64
         cache_len = min(-(-cache_len // 64) * 64, max_len)
 
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -375,7 +386,7 @@ def generate(model, prompt_tokens: list[list[int]], max_new_tokens: int, tempera
                 model, [prompt_tokens[i] for i in chunk], max_new_tokens, temperature=temperature, top_p=top_p,
                 top_k=top_k, eos_id=eos_id, generator=generator, stop_strings=stop_strings, tokenizer=tokenizer,
                 return_logprobs=return_logprobs, sync_every=sync_every, compiled_step=compiled_step,
-                cache_len=cache_len)
+                cache_len=cache_len, plain=plain)
             for j, i in enumerate(chunk):
                 ids_out[i] = ids[j]
                 if return_logprobs:

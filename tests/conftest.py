@@ -19,12 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
-@pytest.fixture
-def shared_data():
-    """Path to ../shared/data, or skip when this clone has no shared folder next to it."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared reference data not found at {SHARED_DATA}")
-    return SHARED_DATA
+def small_tokenizer() -> Path:
+    """The committed 640-piece SentencePiece model of the built-in world (data/tokenizer.model): a
+    real tokenizer for tests that need one but none in particular; skip when data/ is not built."""
+    path = ROOT / "data" / "tokenizer.model"
+    if not path.is_file():
+        pytest.skip(f"{path} not found (data/ has not been built)")
+    return path
 
 
 def shared_file(name: str) -> Path:

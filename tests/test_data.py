@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import shared_file
+from conftest import small_tokenizer
 from srlm.data import (TruncationStats, batch_indices, collate, collate_pairs, epoch_order, fit_to_length,
                        load_rows, text_windows, tokenize)
 from srlm.io import DataError
@@ -88,7 +88,7 @@ def test_load_rows_errors_name_the_file(tmp_path):
 def tok():
     from srlm.tokenizer import Tokenizer
 
-    return Tokenizer(shared_file("sentencepiece_unigram_1000.model"))
+    return Tokenizer(small_tokenizer())
 
 
 def test_tokenize_sft_masks_the_answer_and_eos(tok):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import generate as gen
-from conftest import ROOT, shared_file
+from conftest import ROOT, small_tokenizer
 from srlm.io import DataError, append_jsonl, read_jsonl, write_jsonl
 from srlm.checkpoint import load_model, save_model
 from srlm.model import Llama, ModelArgs
@@ -28,7 +28,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    tok_path = shared_file("sentencepiece_unigram_1000.model")
+    tok_path = small_tokenizer()
     torch.manual_seed(0)
     model = Llama(ModelArgs.preset("tiny", vocab_size=1000))
     path = tmp_path_factory.mktemp("model") / "tiny"

@@ -1,4 +1,4 @@
-"""Tests for judge.py (the CLI) end to end with a tiny random Llama + the small shared SentencePiece
+"""Tests for judge.py (the CLI) end to end with a tiny random Llama + the committed SentencePiece
 model; the judging itself is tested with a fake judge in tests/test_pairs.py.
 
     python -m pytest -q tests/test_judge_cli.py
@@ -9,14 +9,14 @@ import pytest
 import torch
 
 import judge
-from conftest import shared_file
+from conftest import small_tokenizer
 from srlm.io import read_jsonl, write_jsonl
 from test_pairs import CANDIDATES
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    sp = shared_file("sentencepiece_unigram_1000.model")
+    sp = small_tokenizer()
     from srlm.checkpoint import save_model
     from srlm.model import Llama, ModelArgs
     torch.manual_seed(0)

@@ -90,10 +90,16 @@ def test_pair_halves_treated_alike(model):
 
 
 def test_logprob_model_wrapper(model):
-    tokens = torch.tensor([[1, 4, 5, 6, 2]])
-    mask = torch.tensor([[0, 0, 1, 1, 1]])
+    """LogprobModel (what training runs) against the explicit loop over full logits, row by row,
+    with hand-placed padding; it owns exactly the Llama's parameters."""
+    rows = [([1, 4, 5, 6, 2], [0, 0, 1, 1, 1]), ([1, 9, 2], [0, 1, 1])]
+    tokens = torch.tensor([rows[0][0], rows[1][0] + [3, 3]])  # pad id 3 is a real token: the mask decides
+    mask = torch.tensor([rows[0][1], rows[1][1] + [0, 0]])
     wrapped = LogprobModel(model, impl="torch")
-    torch.testing.assert_close(wrapped(tokens, mask), masked_token_logprobs(model, tokens, mask, impl="torch").sum(-1))
+    expected = torch.stack([reference_sum(model, t, m) for t, m in rows])
+    torch.testing.assert_close(wrapped(tokens, mask), expected, rtol=1e-5, atol=1e-5)
+    per_token = masked_token_logprobs(model, tokens, mask, impl="torch")  # (B, T), zero where not counted
+    torch.testing.assert_close(per_token.sum(-1), expected, rtol=1e-5, atol=1e-5)
     keys = set(unwrap_state_dict(wrapped.state_dict()))
     assert keys == set(model.state_dict())
 
@@ -131,3 +137,33 @@ def _interpreting() -> bool:
     import os
 
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def test_resolve_impl_triton_off_the_gpu_is_an_error(monkeypatch):
+    """Asked for the Triton kernel where it cannot run: a clear error, not a silent plain path."""
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device runs the kernel")
+    pytest.importorskip("kernels.logprobs")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="'triton' needs a CUDA device"):
+        resolve_impl("triton", torch.device("cpu"))
+
+
+def test_missing_kernels_fall_back_but_broken_kernels_raise(monkeypatch, tmp_path):
+    """Only an absent package means "no kernels"; an error inside kernels/logprobs.py surfaces."""
+    import sys
+
+    from srlm import logprobs
+
+    monkeypatch.setitem(sys.modules, "kernels.logprobs", None)  # the import raises ImportError
+    assert logprobs._kernels() is None
+    assert resolve_impl(None, torch.device("cpu")) == "torch"
+    broken = tmp_path / "kernels"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("")
+    (broken / "logprobs.py").write_text("raise RuntimeError('a bug in the kernels')\n")
+    monkeypatch.delitem(sys.modules, "kernels.logprobs")
+    monkeypatch.delitem(sys.modules, "kernels", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))  # this test's broken copy of the package comes first
+    with pytest.raises(RuntimeError, match="a bug in the kernels"):
+        logprobs._kernels()

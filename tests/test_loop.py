@@ -74,16 +74,47 @@ def test_whole_loop_writes_every_artifact(uninterrupted):
     for rel in ARTIFACTS + ["m1/config.json", "iter1/model/config.json", "iter2/model/config.json",
                             "eval/m3.json", "results.json", "results.md", "settings.json"]:
         assert (run_dir / rel).exists(), rel
-    pairs = read_jsonl(run_dir / "iter1/pairs.jsonl")
-    assert pairs and all(p["chosen"] != p["rejected"] and p["chosen_score"] > p["rejected_score"] for p in pairs)
+    for t in (1, 2):
+        it = run_dir / f"iter{t}"
+        prompts, cands = read_jsonl(it / "prompts.jsonl"), read_jsonl(it / "candidates.jsonl")
+        assert [r["id"] for r in cands] == [r["id"] for r in prompts]  # every prompt, in order
+        assert all(len(r["candidates"]) == 3 for r in cands)  # --n-candidates 3
+        # The pairs, rebuilt here from the judgements: per prompt, the mean of the parsed scores of
+        # each candidate (one answer written twice counts once, at the mean of its two means);
+        # chosen = the best, rejected = the worst, no pair on a tie.
+        scores = {(j["id"], j["candidate_index"]): j["scores"] for j in read_jsonl(it / "judgements.jsonl")}
+        expected = []
+        for r in cands:
+            by_text = {}
+            for i, c in enumerate(r["candidates"]):
+                valid = [x for x in scores[(r["id"], i)] if x is not None]
+                if valid:
+                    by_text.setdefault(c.strip(), []).append(sum(valid) / len(valid))
+            means = [sum(v) / len(v) for v in by_text.values()]
+            if len(means) >= 2 and max(means) > min(means):
+                expected.append((r["id"], max(means), min(means)))
+        pairs = read_jsonl(it / "pairs.jsonl")
+        assert [(p["id"], p["chosen_score"], p["rejected_score"]) for p in pairs] == expected
+        assert results[f"m{t + 1}"]["data"]["pairs"] == len(pairs)
     for name in ("m2", "m3"):
         assert set(results[name]["vs_m1"]) >= {"win", "tie", "loss"}
-        assert results[name]["data"]["pairs"] == len(read_jsonl(run_dir / f"iter{int(name[1]) - 1}/pairs.jsonl"))
     table = (run_dir / "results.md").read_text()
     assert "| M1 |" in table and "| M3 |" in table
-    # DPO moved the weights: M2 differs from M1
-    w1, w2 = weights(run_dir / "m1"), weights(run_dir / "iter1/model")
-    assert any(not torch.equal(w1[k], w2[k]) for k in w1)
+    # DPO moved M2 the way its loss asks: on iteration 1's pairs, the implicit reward margin
+    # [log pi(chosen) - log pi_ref(chosen)] - [log pi(rejected) - log pi_ref(rejected)], reference = M1,
+    # is positive on average (it is 0 for M2 = M1).
+    from srlm.data import collate_pairs, tokenize
+    from srlm.logprobs import LogprobModel
+
+    tok = Tokenizer(run_dir / "m1" / "tokenizer.model")
+    examples, _ = tokenize(read_jsonl(run_dir / "iter1/pairs.jsonl"), "dpo", tok, 512)
+    tokens, mask = collate_pairs(examples, tok.pad_id)  # (2B, T): chosen rows, then rejected rows
+    with torch.no_grad():
+        m1 = LogprobModel(load_model(run_dir / "m1").eval(), impl="torch")(tokens, mask)
+        m2 = LogprobModel(load_model(run_dir / "iter1/model").eval(), impl="torch")(tokens, mask)
+    B = len(examples)
+    margin = (m2[:B] - m1[:B]) - (m2[B:] - m1[B:])  # (B,)
+    assert margin.mean() > 0
 
 
 def test_rerun_of_a_finished_loop_changes_nothing(micro, uninterrupted):

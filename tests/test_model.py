@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from srlm.model import (FeedForward, Llama, ModelArgs, RMSNorm, apply_rotary_emb, attention,
+from srlm.model import (FeedForward, KVCache, Llama, ModelArgs, RMSNorm, apply_rotary_emb, attention,
                         causal_mask, precompute_freqs_cis, repeat_kv)
 
 
@@ -232,3 +232,30 @@ def test_sequence_longer_than_max_seq_len_is_an_error():
     model = tiny()
     with pytest.raises(ValueError, match="max_seq_len"):
         model(torch.zeros(1, 300, dtype=torch.long))
+
+
+def test_triton_backend_refuses_what_its_kernel_cannot_do(monkeypatch):
+    """A requested Triton backend never switches silently to another: a mask, dropout, or no way to
+    run the kernel (no CUDA, no interpreter) is an error naming the backend."""
+    q = torch.randn(1, 2, 3, 8)
+    k = v = torch.randn(1, 2, 3, 8)
+    with pytest.raises(ValueError, match="attn_impl='triton'.*mask"):
+        attention(q, k, v, causal_mask(3, 3)[None, None], "triton")
+    with pytest.raises(ValueError, match="attn_impl='triton'.*dropout"):
+        attention(q, k, v, None, "triton", dropout_p=0.1)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="attn_impl='triton' needs a CUDA device"):
+        attention(q, k, v, None, "triton")
+
+
+def test_kv_cache_fixed_slot_update_equals_slice_update():
+    """update_fixed (slot as a tensor, whole cache returned) writes what update writes, one
+    position at a time; the slots not written yet stay zero."""
+    plain, fixed = (KVCache(2, 3, 8, 4, torch.float32, "cpu") for _ in range(2))
+    for pos in range(5):
+        k, v = torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4)
+        k1, v1 = plain.update(pos, k, v)                            # (2, 3, pos + 1, 4)
+        k2, v2 = fixed.update_fixed(torch.tensor([pos]), k, v)      # (2, 3, 8, 4)
+        torch.testing.assert_close(k2[:, :, : pos + 1], k1, rtol=0, atol=0)
+        torch.testing.assert_close(v2[:, :, : pos + 1], v1, rtol=0, atol=0)
+        assert not k2[:, :, pos + 1:].any() and not v2[:, :, pos + 1:].any()

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import shared_file
+from conftest import shared_file, small_tokenizer
 from srlm.io import DataError, read_jsonl
 from srlm.judge import COMPACT_TEMPLATE
 from srlm.oasst import (build_eft, first_turn_groups, is_eval_tree, iter_trees, main, prepare,
@@ -259,7 +259,7 @@ def test_main_with_a_judge_model_writes_eft_files(tmp_path):
     torch = pytest.importorskip("torch")
     from srlm.checkpoint import save_model
     from srlm.model import Llama, ModelArgs
-    sp = shared_file("sentencepiece_unigram_1000.model")
+    sp = small_tokenizer()
     torch.manual_seed(0)
     save_model(Llama(ModelArgs.preset("tiny", vocab_size=1000, max_seq_len=256)),
                tmp_path / "model", tokenizer_path=sp)

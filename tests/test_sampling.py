@@ -238,10 +238,10 @@ def test_training_mode_and_cache_are_restored():
 def test_stop_strings():
     """With a real tokenizer: pick a piece of the free-running text as the stop string. The row must
     end with the token that completes it: decode(ids) contains it, decode(ids[:-1]) does not."""
-    from conftest import shared_file
+    from conftest import small_tokenizer
     from srlm.tokenizer import Tokenizer
 
-    tok = Tokenizer(shared_file("sentencepiece_unigram_1000.model"))
+    tok = Tokenizer(small_tokenizer())
     torch.manual_seed(1)
     m = Llama(ModelArgs.preset("tiny", vocab_size=tok.vocab_size)).eval()
     prompts = [tok.encode("The cat sat on", bos=True), tok.encode("Hello", bos=True)]
@@ -268,6 +268,19 @@ def test_greedy_matches_transformers(model, tmp_path):
                               max_new_tokens=12, min_new_tokens=12, do_sample=False, eos_token_id=None,
                               pad_token_id=0)
         assert generate(model, [prompt], 12, eos_id=None)[0] == out[0, len(prompt):].tolist()
+
+
+def test_unpadded_fast_path_equals_the_plain_path(model):
+    """K copies of one prompt (no padding) skip the mask and positions; plain=True passes them as for
+    any batch. Same tokens, greedy and sampled, and the same log-probs."""
+    same = [PROMPTS[0]] * 3
+    for temperature in (0.0, 0.8):
+        fast, lp_fast = generate(model, same, 10, temperature=temperature, eos_id=None, seed=5, return_logprobs=True)
+        plain, lp_plain = generate(model, same, 10, temperature=temperature, eos_id=None, seed=5,
+                                   return_logprobs=True, plain=True)
+        assert fast == plain
+        for a, b in zip(lp_fast, lp_plain):
+            torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-5, atol=1e-5)
 
 
 def test_compiled_fixed_shape_step_equals_eager(model):

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from conftest import ROOT, shared_file
+from conftest import ROOT, small_tokenizer
 from srlm.checkpoint import load_model, save_hf
 from srlm.io import DataError, read_jsonl
 from srlm.logprobs import sequence_logprobs
@@ -31,8 +31,8 @@ QA = [("What is 2 + 2?", "4"), ("Name a colour.", "Blue."), ("Say hi.", "Hi ther
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """A tiny random Llama saved as an HF dir with a real 1000-piece tokenizer, plus SFT and DPO data."""
-    tokenizer = shared_file("sentencepiece_unigram_1000.model")
+    """A tiny random Llama saved as an HF dir with a real tokenizer (the committed one), plus SFT and DPO data."""
+    tokenizer = small_tokenizer()
     root = tmp_path_factory.mktemp("train")
     torch.manual_seed(0)
     model = Llama(ModelArgs.preset("tiny", vocab_size=1000))
