@@ -25,6 +25,7 @@ Tests: `python -m pytest -q tests/test_logprobs.py`.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Optional
 
@@ -38,11 +39,10 @@ IGNORE_INDEX = -100
 def _kernels():
     """kernels/logprobs.py, or None when it (or triton) is not installed; any other error while
     importing it is a bug in the kernels and is raised, never hidden behind the plain path."""
-    try:
-        from kernels import logprobs as k
+    try:  # import_module reads sys.modules first (a package attribute left by an earlier import does not count)
+        return importlib.import_module("kernels.logprobs")
     except ImportError:
         return None
-    return k
 
 
 def resolve_impl(impl: Optional[str], device: torch.device) -> str:
