@@ -41,7 +41,6 @@ from typing import Iterable, Sequence
 import numpy as np
 
 MAX_SCORE = 5.0
-METRIC_NAMES = ("pairwise_accuracy", "five_best", "exact_match", "spearman", "kendall_tau")
 
 
 def average_ranks(x: Sequence[float]) -> np.ndarray:
