@@ -29,16 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Optional
 
 import torch
 
 from srlm import dist
-from srlm.candidates import CandidateSettings, write_candidates
-from srlm.io import DataError
+from srlm.candidates import CandidateSettings, read_prompt_rows, write_candidates
 from srlm.loading import DTYPES, load_for_inference
-from srlm.prompts import SelfInstructSettings, write_prompts
+from srlm.prompts import SelfInstructSettings, read_prompt_pool, write_prompts
 
 TASK_DEFAULTS = {  # paper settings per task; flags override them
     "responses": dict(temperature=0.7, top_p=0.9, max_new_tokens=512),
@@ -95,6 +93,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> Optional[dict]:
     a = parse_args(argv)
+    if a.task == "responses":  # bad input fails here, before a model is loaded or a file written
+        read_prompt_rows(a.input)
+    else:
+        read_prompt_pool(a.seed_pool)
+        if a.generated_pool:
+            read_prompt_pool(a.generated_pool)
     owns_group = not torch.distributed.is_initialized()  # a caller may have started it
     rank, world_size, device = dist.init_distributed(a.device)
     try:
@@ -120,7 +124,6 @@ def main(argv: Optional[list[str]] = None) -> Optional[dict]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (DataError, FileNotFoundError, ValueError) as e:  # bad input: one clear line, no traceback
-        sys.exit(f"generate.py: error: {e}")
+    from srlm.cli import run_cli
+
+    run_cli(main, "generate.py")  # bad input: one line naming file, line and key; exit 2 (--debug: traceback)

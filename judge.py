@@ -68,6 +68,8 @@ def parse_args(argv):
     ap.add_argument("--chunk-size", type=int, default=64, help="candidates per resumable chunk")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace outputs even with fewer rows than they hold (judgements still resume by input_hash)")
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                     help="default: bfloat16 on GPU, float32 on CPU (as generate.py)")
     return ap.parse_args(argv)
@@ -86,18 +88,19 @@ def main(argv: list[str] | None = None) -> dict | None:
     model, tokenizer = load_for_inference(a.model, device=device, dtype=DTYPES[a.dtype] if a.dtype else None)
     if a.eval:
         metrics = judge_groups(model, tokenizer, inp, judgements, Path(a.metrics or inp.parent / "eval_metrics.json"),
-                               s, rank=rank, world_size=world_size)
+                               s, overwrite=a.overwrite, rank=rank, world_size=world_size)
         if metrics is not None:
             print(format_metrics(metrics, title=Path(a.model).name))
         return metrics
     pairs = Path(a.pairs or inp.parent / "pairs.jsonl")
-    summary = write_pairs(model, tokenizer, inp, judgements, pairs, s, summary=a.summary, rank=rank,
-                          world_size=world_size)
+    summary = write_pairs(model, tokenizer, inp, judgements, pairs, s, summary=a.summary, overwrite=a.overwrite,
+                          rank=rank, world_size=world_size)
     if summary is not None:
         print(json.dumps(summary))
     return summary
 
 
 if __name__ == "__main__":
-    main()
-    dist.cleanup()
+    from srlm.cli import run_cli
+
+    run_cli(main, "judge.py")  # bad input: one line naming file, line and key; exit 2 (--debug: traceback)

@@ -12,7 +12,10 @@ max_new_tokens > max_seq_len) is skipped and counted, never truncated.
 Resuming: every finished batch is appended to `<output>.partial` (`<output>.partial.rank{r}`
 under torchrun). A rerun after a kill reads these logs, skips what they hold, and at the end
 writes `<output>` atomically, in input order, and removes the logs. When `<output>` already
-exists its rows count as done too (`overwrite=True` redoes everything).
+exists its rows count as done too (`overwrite=True` redoes everything). A row is reused only when
+its "input_hash" (prompt text, sampling settings, model weights) matches what it would be now;
+a prompt edited since, or another model, is sampled again. An output is never replaced by one
+with fewer rows unless `overwrite=True`.
 
 The command line is generate.py (`--task responses`); tests: tests/test_generate.py.
 """
@@ -25,8 +28,8 @@ from typing import Callable, Collection, Optional
 from tqdm import tqdm
 
 from srlm import dist
-from srlm.io import (DataError, all_partial_logs, append_jsonl, partial_log, read_jsonl, read_jsonl_partial,
-                     write_jsonl)
+from srlm.io import (DataError, all_partial_logs, append_jsonl, check_replace, input_hash, partial_log, read_jsonl,
+                     read_jsonl_partial, write_jsonl)
 from srlm.sampling import generate
 from srlm.tokenizer import Tokenizer
 
@@ -47,16 +50,17 @@ class CandidateSettings:
 
 
 def read_prompt_rows(path) -> list[dict]:
-    """prompts.jsonl rows, checked: a string 'prompt' and a unique 'id' on every row."""
-    rows = read_jsonl(path, required=("id", "prompt"))
-    seen = {}
-    for i, row in enumerate(rows):
-        if not isinstance(row["prompt"], str):
-            raise DataError(f"{path}: row {i + 1} (id {row['id']!r}): 'prompt' must be a string")
-        if row["id"] in seen:
-            raise DataError(f"{path}: duplicate id {row['id']!r} (rows {seen[row['id']] + 1} and {i + 1})")
-        seen[row["id"]] = i
+    """prompts.jsonl rows, checked: a string 'prompt' and a unique 'id' (string or integer) on every row."""
+    rows = read_jsonl(path, required=("id", "prompt"), types={"id": "id", "prompt": "str"}, unique="id")
+    if not rows:
+        raise DataError(f"{path}: no prompts in this file")
     return rows
+
+
+def row_hash(prompt: str, settings: "CandidateSettings", model_id: str) -> str:
+    """What a candidates row depends on: its prompt, the settings that shape sampling, the model."""
+    keys = ("n", "temperature", "top_p", "top_k", "max_new_tokens", "seed")
+    return input_hash({"prompt": prompt, "model": model_id, **{k: getattr(settings, k) for k in keys}})
 
 
 def generate_candidates(model, tok: Tokenizer, rows: list[dict], n: int, max_new_tokens: int, *, seed: int = 0,
@@ -88,7 +92,8 @@ def generate_candidates(model, tok: Tokenizer, rows: list[dict], n: int, max_new
         new_ids = generate(model, batch, max_new_tokens, eos_id=tok.eos_id, seed=seed + chunk[0][0],
                            batch_size=batch_size, **sampling)
         done = [{"id": r["id"], "prompt": r["prompt"],
-                 "candidates": [tok.decode(ids).strip() for ids in new_ids[j * n : (j + 1) * n]]}
+                 "candidates": [tok.decode(ids).strip() for ids in new_ids[j * n : (j + 1) * n]],
+                 **({"input_hash": r["input_hash"]} if "input_hash" in r else {})}
                 for j, (_, r) in enumerate(chunk) if r["id"] not in done_ids]
         if on_done is not None:
             on_done(done)
@@ -102,11 +107,16 @@ def write_candidates(model, tok: Tokenizer, input, output, settings: CandidateSe
                      rank: int = 0, world_size: int = 1) -> Optional[dict]:
     """prompts.jsonl -> candidates.jsonl, resumable (module docstring). Every rank calls this;
     rank 0 writes the file and returns a summary, the others return None."""
+    from srlm.loading import fingerprint
+
     output = Path(output)
-    rows = read_prompt_rows(input)
-    known = {r["id"] for r in rows}
+    model_id = fingerprint(model)
+    rows = [{**r, "input_hash": row_hash(r["prompt"], settings, model_id)} for r in read_prompt_rows(input)]
+    want = {r["id"]: r["input_hash"] for r in rows}
     finished: dict[str, dict] = {}  # id -> row, known to rank 0 only
+    stale = 0
     if rank == 0:
+        check_replace(output, len(rows), overwrite, what="prompts' candidates")  # before any work
         if overwrite:
             for old in all_partial_logs(output):
                 old.unlink()
@@ -114,8 +124,10 @@ def write_candidates(model, tok: Tokenizer, input, output, settings: CandidateSe
             if output.is_file():
                 finished.update((r["id"], r) for r in read_jsonl(output, required=("id", "candidates")))
             for log in all_partial_logs(output):
-                finished.update((r["id"], r) for r in read_jsonl_partial(log) if "id" in r)
-            finished = {k: v for k, v in finished.items() if k in known}
+                finished.update((r["id"], r) for r in read_jsonl_partial(log) if isinstance(r, dict) and "id" in r)
+            reusable = {k: v for k, v in finished.items() if k in want and v.get("input_hash") == want[k]}
+            stale = sum(k in want for k in finished) - len(reusable)  # same id, other prompt/settings/model
+            finished = reusable
     # Every rank must shard the same to-do list: rank 0's view of the logs, sent to all (this also
     # keeps the other ranks from writing to a log before rank 0 has read it).
     done_ids = dist.broadcast_object(set(finished))
@@ -132,9 +144,11 @@ def write_candidates(model, tok: Tokenizer, input, output, settings: CandidateSe
         for row in part_rows:
             finished[row["id"]] = row
     all_skipped = gathered[0][1]  # every rank sees the same too-long prompts
-    write_jsonl(output, [finished[r["id"]] for r in rows if r["id"] in finished])  # input order
+    out_rows = [finished[r["id"]] for r in rows if r["id"] in finished]  # input order
+    check_replace(output, len(out_rows), overwrite, what="prompts' candidates")  # too-long prompts dropped
+    write_jsonl(output, out_rows)
     for old in all_partial_logs(output):
         old.unlink()
-    return {"task": "responses", "output": str(output), "prompts": len(rows), "written": len(finished),
-            "generated_now": sum(len(p) for p, _ in gathered), "resumed": len(done_ids),
+    return {"task": "responses", "output": str(output), "prompts": len(rows), "written": len(out_rows),
+            "generated_now": sum(len(p) for p, _ in gathered), "resumed": len(done_ids), "redone_stale": stale,
             "skipped_too_long": len(all_skipped), "skipped_ids": all_skipped[:20]}

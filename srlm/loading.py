@@ -36,6 +36,22 @@ def parse_dtype(name: Optional[str], device: torch.device | str) -> torch.dtype:
     return DTYPES[name]
 
 
+def fingerprint(model) -> str:
+    """A short hash of a model's weights, so resumed results are reused only from the same model.
+
+    Hashes every tensor's name, shape, dtype and up to 64 of its first values (enough to tell
+    a retrained or different checkpoint apart; reading every weight would cost a full pass).
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        head = t.detach().reshape(-1)[:64].float().cpu()
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(head.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def load_for_inference(model_dir, tokenizer_path=None, device="cpu", dtype: Optional[torch.dtype] = None):
     """(model in eval mode, tokenizer) from a checkpoint directory.
 

@@ -25,7 +25,10 @@ what the model wrote and why a pair was chosen:
     runs/default/results.json results.md  the table printed at the end
 
 Each step is skipped when its output exists, and each step resumes its own partial work, so killing
-the command at any point and running it again loses nothing already finished.
+the command at any point and running it again loses nothing already finished. Every input (data
+files, M0's config and tokenizer, the judge template) is checked before anything is written, and a
+run directory is continued only with the settings (and input files) recorded in its settings.json:
+other ones are refused, naming each difference (--iterations, --device and --skip-eval may change).
 
     python -m srlm.loop                                   # built-in default (data/), 2-core CPU, minutes
     python -m srlm.loop --run-dir runs/llama --base-model llama-2-7b-hf \\
@@ -42,7 +45,7 @@ from pathlib import Path
 from srlm import dist
 from srlm.candidates import CandidateSettings, write_candidates
 from srlm.evaluate import evaluate_model, head_to_head, load_answers
-from srlm.io import atomic_write_text, read_jsonl, write_json, write_jsonl
+from srlm.io import atomic_write_text, check_settings, file_hash, read_jsonl, write_json, write_jsonl
 from srlm.loading import load_for_inference
 from srlm.pairs import JudgeSettings, write_pairs
 from srlm.prompts import SelfInstructSettings, write_prompts
@@ -115,12 +118,54 @@ def step(name: str, output: Path, fn) -> None:
     dist.barrier()
 
 
+# Flags that may change when a run directory is continued: where it runs and how far it goes.
+RESTARTABLE = ("device", "iterations", "skip_eval", "run_dir")
+
+
+def check_inputs(a, s: dict) -> dict:
+    """Read and check every input before anything is written; returns their content hashes.
+
+    A bad file fails here with its DataError/CheckpointError (file, line, key), not after SFT.
+    """
+    from srlm.checkpoint import CheckpointError, load_hf_args
+    from srlm.data import load_rows
+    from srlm.judge import load_template, parse_score
+    from srlm.pairs import load_groups
+    from srlm.prompts import read_prompt_pool
+    from srlm.tokenizer import load_tokenizer
+
+    base = Path(a.base_model)
+    if not base.is_dir():
+        raise CheckpointError(f"{base}: --base-model directory not found")
+    if (base / "config.json").is_file():
+        load_hf_args(base)
+    load_tokenizer(a.tokenizer or base)
+    load_rows([a.ift, a.eft], "sft")
+    read_prompt_pool(a.seed_prompts)
+    if s["prompt_model"] not in ("current", "base") and not Path(s["prompt_model"]).is_dir():
+        raise CheckpointError(f"{s['prompt_model']}: --prompt-model directory not found")
+    load_template(s["judge_template"])
+    if a.score_pattern:
+        parse_score("", a.score_pattern)
+    files = {"ift": a.ift, "eft": a.eft, "seed_prompts": a.seed_prompts}
+    if not a.skip_eval:
+        read_jsonl(a.eval_prompts, required=("prompt",), types={"prompt": "str"})
+        load_groups(a.eval_groups)
+        files.update(eval_prompts=a.eval_prompts, eval_groups=a.eval_groups)
+    config = next((base / n for n in ("config.json", "params.json") if (base / n).is_file()), None)
+    if config is not None:
+        files["base_model_config"] = config
+    return {name: file_hash(path) for name, path in files.items()}
+
+
 def run(a) -> dict:
     s = {**SETTINGS[a.settings], **{k: v for k, v in vars(a).items() if k in SETTINGS["tiny"] and v is not None}}
     run_dir = Path(a.run_dir)
+    recorded = {**vars(a), **s, "input_hashes": check_inputs(a, s)}
+    check_settings(run_dir / "settings.json", recorded, ignore=RESTARTABLE)
     run_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main():
-        write_json(run_dir / "settings.json", {**vars(a), **s})
+        write_json(run_dir / "settings.json", recorded)
     rank, world_size, device = dist.init_distributed(a.device)
     ranks = dict(rank=rank, world_size=world_size)
 
@@ -175,10 +220,10 @@ def run(a) -> dict:
                 num_prompts=s["num_prompts"], similarity_threshold=s["similarity_threshold"],
                 temperature=s["prompt_temperature"], top_p=s["top_p"], max_new_tokens=s["prompt_max_new_tokens"],
                 seed=seed)
-            summary = write_prompts(*load(writer), a.seed_prompts, prompts, settings, generated_pool=earlier,
-                                    model_name=str(writer), **ranks)
-            if summary is not None:  # rank 0: how many prompts were tried, and why the others were rejected
-                write_json(it / "prompts_summary.json", summary)
+            # prompts_summary.json (how many prompts were tried, why the others were rejected) is
+            # written just before prompts.jsonl, so a kill cannot leave the step done without it.
+            write_prompts(*load(writer), a.seed_prompts, prompts, settings, generated_pool=earlier,
+                          model_name=str(writer), summary=it / "prompts_summary.json", **ranks)
 
         step(f"iteration {t}: self-instruct prompts", prompts, self_instruct)
         generated_pools.append(prompts)
@@ -334,4 +379,6 @@ def _cuda() -> bool:
 
 
 if __name__ == "__main__":
-    main()
+    from srlm.cli import run_cli
+
+    run_cli(main, "python -m srlm.loop")

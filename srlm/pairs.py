@@ -26,6 +26,10 @@ Resumable: work is cut into chunks of `chunk_size` candidates; each finished chu
 `<judgements>.rank<r>.partial`; a rerun skips what is there (and a finished judgements.jsonl) and
 only rebuilds the pairs. Chunk c is sampled with seed + c, so a chunk redone after a kill gives
 the same texts. Under torchrun, chunks are shared round-robin over the ranks; rank 0 merges.
+A judgement is reused only when its "input_hash" (the prompt and candidate texts, the judge
+settings, the model's weights) matches: reordered or edited candidates are judged again. An
+output is never replaced by one with fewer rows unless `overwrite=True`; the summary is written
+before pairs.jsonl (the file that marks the step done), so a kill cannot lose it.
 
 Reward-model evaluation (the paper's table) judges every reply of human-ranked groups
 ({"prompt", "replies", "ranks"}) the same way and compares with the ranks: `judge_groups`.
@@ -42,7 +46,8 @@ from typing import Callable, Optional
 from tqdm import tqdm
 
 from srlm import dist
-from srlm.io import DataError, append_jsonl, read_jsonl, read_jsonl_partial, write_json, write_jsonl
+from srlm.io import (DataError, append_jsonl, check_replace, input_hash, read_jsonl, read_jsonl_partial, write_json,
+                     write_jsonl)
 from srlm.judge import (aggregate_scores, judge_prompt, load_template, make_model_judge, pairs_from_judgements,
                         parse_score)
 from srlm.metrics import reward_model_metrics
@@ -70,6 +75,14 @@ class JudgeSettings:
             raise ValueError(f"--min-valid must be in [1, --k={self.k}], got {self.min_valid}")
         return template
 
+    def context(self, model) -> dict:
+        """Everything besides the texts that a judgement depends on (its resume key, input_hash)."""
+        from srlm.loading import fingerprint
+
+        return {"model": fingerprint(model), "template": load_template(self.template), "k": self.k,
+                "score_pattern": self.score_pattern, "temperature": self.temperature, "top_p": self.top_p,
+                "max_new_tokens": self.max_new_tokens, "seed": self.seed}
+
     def judge_fn(self, model, tokenizer) -> Callable:
         return make_model_judge(model, tokenizer, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                                 top_p=self.top_p, seed=self.seed, batch_size=self.batch_size)
@@ -78,32 +91,29 @@ class JudgeSettings:
 # ----------------------------------------------------------------------------- inputs
 
 def load_candidates(path: str | Path) -> list[dict]:
-    """candidates.jsonl rows {"id", "prompt", "candidates": [str, ...]}, checked."""
-    rows = read_jsonl(path, required=("id", "prompt", "candidates"))
-    seen = set()
-    for n, row in enumerate(rows, start=1):
-        where = f"{path}: record {n} (id {row['id']!r})"
-        if not isinstance(row["prompt"], str):
-            raise DataError(f"{where}: 'prompt' must be a string")
-        if not isinstance(row["candidates"], list) or not all(isinstance(c, str) for c in row["candidates"]):
-            raise DataError(f"{where}: 'candidates' must be a list of strings")
-        if str(row["id"]) in seen:
-            raise DataError(f"{where}: duplicate id")
-        seen.add(str(row["id"]))
+    """candidates.jsonl rows {"id", "prompt", "candidates": [str, ...]}, checked (file:line: key)."""
+    rows = read_jsonl(path, required=("id", "prompt", "candidates"),
+                      types={"id": "id", "prompt": "str", "candidates": "list[str]"}, unique="id")
+    if not rows:
+        raise DataError(f"{path}: no candidates in this file")
     return rows
+
+
+def _check_group(g: dict) -> Optional[str]:
+    if len(g["ranks"]) != len(g["replies"]):
+        return f"key 'ranks' has {len(g['ranks'])} ranks for {len(g['replies'])} replies"
+    return None
 
 
 def load_groups(path: str | Path) -> list[dict]:
     """Ranked groups {"prompt", "replies", "ranks"} (+ optional "id") as candidates-like rows."""
-    groups = read_jsonl(path, required=("prompt", "replies", "ranks"))
+    groups = read_jsonl(path, required=("prompt", "replies", "ranks"),
+                        types={"id": "id", "prompt": "str", "replies": "list[str]", "ranks": "list[number]"},
+                        unique="id", check=_check_group)
+    if not groups:
+        raise DataError(f"{path}: no groups in this file")
     rows = []
     for n, g in enumerate(groups, start=1):
-        where = f"{path}: record {n}"
-        if not isinstance(g["replies"], list) or not all(isinstance(r, str) for r in g["replies"]):
-            raise DataError(f"{where}: 'replies' must be a list of strings")
-        if not isinstance(g["ranks"], list) or len(g["ranks"]) != len(g["replies"]) or \
-                not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in g["ranks"]):
-            raise DataError(f"{where}: 'ranks' must be numbers, one per reply")
         rows.append({"id": str(g.get("id", n)), "prompt": g["prompt"], "candidates": g["replies"],
                      "ranks": g["ranks"]})
     if len({r["id"] for r in rows}) != len(rows):
@@ -122,23 +132,42 @@ def partial_logs(judgements: Path) -> list[Path]:
     return sorted(judgements.parent.glob(f"{judgements.name}.rank*.partial"))
 
 
+def _reusable(rows, want: dict) -> dict:
+    """(id, candidate index) -> row, for the rows whose input_hash is the one wanted now."""
+    out = {}
+    for r in rows:
+        if isinstance(r, dict) and r.get("input_hash") is not None:
+            key = (str(r.get("id")), r.get("candidate_index"))
+            if want.get(key) == r["input_hash"]:
+                out.setdefault(key, r)
+    return out
+
+
 def judge_candidates(rows: list[dict], judge_fn: Callable, judgements: str | Path, *, k: int = 3,
                      min_valid: int = 1, template: str | None = None, pattern: str | None = None,
                      chunk_size: int = 64, seed: int = 0, rank: int = 0, world_size: int = 1,
-                     progress: bool = True) -> list[dict] | None:
+                     progress: bool = True, context: Optional[dict] = None,
+                     overwrite: bool = False) -> list[dict] | None:
     """Judge every candidate k times; write judgements.jsonl. Returns its rows on rank 0.
 
     `judge_fn(judge_prompts, seed=...) -> texts` (srlm.judge.make_model_judge, or a fake in
-    tests). Resumable: see the module docstring. All ranks must call this (it has barriers).
+    tests). `context`: what else the judgements depend on (JudgeSettings.context: model, settings);
+    with the prompt and candidate texts it makes each row's input_hash. Resumable: see the module
+    docstring. All ranks must call this (it has barriers).
     """
     if k < 1:
         raise ValueError(f"k (judgements per candidate) must be >= 1, got {k}")
     judgements = Path(judgements)
     units = work_units(rows)
-    done = {(str(r["id"]), int(r["candidate_index"])) for log in partial_logs(judgements)
-            for r in read_jsonl_partial(log)}
+    context = {"k": k, "template": template, "score_pattern": pattern, "seed": seed, **(context or {})}
+    want = {(rid, idx): input_hash({"prompt": prompt, "candidate": cand, **context})
+            for rid, idx, prompt, cand in units}
+    if rank == 0:
+        check_replace(judgements, len(units), overwrite, what="judgement rows")  # before any work
+    old_rows = [r for log in partial_logs(judgements) for r in read_jsonl_partial(log)]
     if judgements.is_file():
-        done |= {(str(r["id"]), int(r["candidate_index"])) for r in read_jsonl(judgements)}
+        old_rows += read_jsonl(judgements)
+    done = set(_reusable(old_rows, want))
     chunks = [units[i:i + chunk_size] for i in range(0, len(units), chunk_size)]
     mine = [(c, chunk) for c, chunk in enumerate(chunks)
             if c % world_size == rank and any((u[0], u[1]) not in done for u in chunk)]
@@ -153,17 +182,13 @@ def judge_candidates(rows: list[dict], judge_fn: Callable, judgements: str | Pat
             raw = texts[j * k:(j + 1) * k]
             scores = [parse_score(t, pattern) for t in raw]
             out.append({"id": rid, "candidate_index": idx, "judgements": raw, "scores": scores,
-                        "mean_score": aggregate_scores(scores, min_valid)})
+                        "mean_score": aggregate_scores(scores, min_valid), "input_hash": want[(rid, idx)]})
         append_jsonl(log, out)
     dist.barrier()
     result = None
     if rank == 0:
-        by_key = {}
-        for r in (read_jsonl(judgements) if judgements.is_file() else []):
-            by_key.setdefault((str(r["id"]), int(r["candidate_index"])), r)
-        for path in partial_logs(judgements):
-            for r in read_jsonl_partial(path):
-                by_key.setdefault((str(r["id"]), int(r["candidate_index"])), r)
+        by_key = _reusable([r for path in partial_logs(judgements) for r in read_jsonl_partial(path)]
+                           + (read_jsonl(judgements) if judgements.is_file() else []), want)
         missing = [u[:2] for u in units if u[:2] not in by_key]
         if missing:
             raise RuntimeError(f"{len(missing)} candidates were not judged, e.g. {missing[:3]}")
@@ -180,39 +205,42 @@ def judge_candidates(rows: list[dict], judge_fn: Callable, judgements: str | Pat
 # ----------------------------------------------------------------------------- the two uses
 
 def write_pairs(model, tokenizer, candidates, judgements, pairs, s: JudgeSettings, *, summary=None,
-                rank: int = 0, world_size: int = 1) -> Optional[dict]:
+                overwrite: bool = False, rank: int = 0, world_size: int = 1) -> Optional[dict]:
     """candidates.jsonl -> judgements.jsonl -> pairs.jsonl and judge_summary.json (default: next to
     `pairs`). Every rank calls this; rank 0 writes the files and returns the summary."""
     template = s.check()
     rows = load_candidates(candidates)
     judged = judge_candidates(rows, s.judge_fn(model, tokenizer), judgements, k=s.k, min_valid=s.min_valid,
                               template=template, pattern=s.score_pattern, chunk_size=s.chunk_size,
-                              seed=s.seed, rank=rank, world_size=world_size)
+                              seed=s.seed, rank=rank, world_size=world_size, context=s.context(model),
+                              overwrite=overwrite)
     if rank != 0:
         return None
     pairs = Path(pairs)
-    built, stats = pairs_from_judgements(rows, judged, s.min_valid)
+    built, stats = pairs_from_judgements(rows, judged, s.min_valid, source=str(judgements))
+    check_replace(pairs, len(built), overwrite, what="pairs")
+    write_json(Path(summary or pairs.parent / "judge_summary.json"), stats)  # first: pairs.jsonl marks the step done
     write_jsonl(pairs, built)
-    write_json(Path(summary or pairs.parent / "judge_summary.json"), stats)
     return stats
 
 
-def judge_groups(model, tokenizer, groups, judgements, metrics, s: JudgeSettings, *, rank: int = 0,
-                 world_size: int = 1) -> Optional[dict]:
+def judge_groups(model, tokenizer, groups, judgements, metrics, s: JudgeSettings, *, overwrite: bool = False,
+                 rank: int = 0, world_size: int = 1) -> Optional[dict]:
     """Reward-model metrics of the judge on human-ranked groups (srlm/metrics.py), written to `metrics`
     (JSON; NaN written as null). Every rank calls this; rank 0 returns the metrics."""
     template = s.check()
     rows = load_groups(groups)
     judged = judge_candidates(rows, s.judge_fn(model, tokenizer), judgements, k=s.k, min_valid=s.min_valid,
                               template=template, pattern=s.score_pattern, chunk_size=s.chunk_size,
-                              seed=s.seed, rank=rank, world_size=world_size)
+                              seed=s.seed, rank=rank, world_size=world_size, context=s.context(model),
+                              overwrite=overwrite)
     if rank != 0:
         return None
     mean = {(r["id"], r["candidate_index"]): r["mean_score"] for r in judged}
     scored = [{"ranks": g["ranks"], "scores": [mean[(g["id"], i)] for i in range(len(g["candidates"]))]}
               for g in rows]
     out = reward_model_metrics(scored)
-    _, stats = pairs_from_judgements(rows, judged, s.min_valid)
+    _, stats = pairs_from_judgements(rows, judged, s.min_valid, source=str(judgements))
     out["parse_failure_rate"] = stats["parse_failure_rate"]
     out = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in out.items()}
     write_json(Path(metrics), out)

@@ -15,6 +15,9 @@ A round is one batch of few-shot prompts; its examples and sampling seed depend 
 round), so a round redone after a kill gives the same prompts. Every finished round is appended to
 `<output>.partial` (`.partial.rank{r}` under torchrun, where rank r takes rounds r, r + W, ...);
 a rerun skips the logged rounds, and the end writes `<output>` atomically and removes the logs.
+A logged round is reused only when its "input_hash" (seed pool, earlier prompts, settings, model
+weights) matches; rounds logged under other inputs are done again. The summary (`summary`, e.g.
+prompts_summary.json) is written before `<output>`, so a kill never leaves one without the other.
 
 The command line is generate.py (`--task prompts`); tests: tests/test_generate.py (end to end)
 and tests/test_self_instruct.py (the text pieces).
@@ -30,7 +33,8 @@ from typing import Optional
 from tqdm import tqdm
 
 from srlm import dist
-from srlm.io import all_partial_logs, append_jsonl, partial_log, read_jsonl, read_jsonl_partial, write_jsonl
+from srlm.io import (DataError, all_partial_logs, append_jsonl, input_hash, partial_log, read_jsonl,
+                     read_jsonl_partial, write_json, write_jsonl)
 from srlm.sampling import generate
 from srlm.self_instruct import (STOP_STRINGS, DuplicateFilter, build_few_shot_prompt, choose_examples,
                                 parse_instruction, rejection_reason)
@@ -96,8 +100,16 @@ def self_instruct_round(model, tok: Tokenizer, round_id: int, seed_prompts: list
     return {"round": round_id, "accepted": accepted, "rejected": rejected, "attempts": len(texts)}
 
 
+def read_prompt_pool(path) -> list[str]:
+    """The "prompt" strings of a JSONL pool (seed data, or prompts of earlier iterations), checked."""
+    rows = read_jsonl(path, required=("prompt",), types={"prompt": "str"})
+    if not rows:
+        raise DataError(f"{path}: no prompts in this file")
+    return [r["prompt"] for r in rows]
+
+
 def write_prompts(model, tok: Tokenizer, seed_pool, output, s: SelfInstructSettings, *, generated_pool=None,
-                  model_name: str = "", overwrite: bool = False, rank: int = 0,
+                  model_name: str = "", overwrite: bool = False, summary=None, rank: int = 0,
                   world_size: int = 1) -> Optional[dict]:
     """Self-instruct `s.num_prompts` new prompts into `output` (resumable, module docstring).
 
@@ -105,19 +117,27 @@ def write_prompts(model, tok: Tokenizer, seed_pool, output, s: SelfInstructSetti
     earlier iterations (optional). Every rank calls this; rank 0 writes the file and returns a
     summary (rounds, attempts, rejections by reason), the others return None.
     """
+    from srlm.loading import fingerprint
+
     output = Path(output)
+    seed_prompts = read_prompt_pool(seed_pool)  # checked first, even when there is nothing to do
+    earlier = read_prompt_pool(generated_pool) if generated_pool else []
     if dist.broadcast_object(output.is_file() and not overwrite):
         n = len(read_jsonl(output, required=("id", "prompt"))) if rank == 0 else 0
         return {"task": "prompts", "output": str(output), "written": n, "note": "output exists; nothing to do"}
-    seed_prompts = [r["prompt"] for r in read_jsonl(seed_pool, required=("prompt",))]
-    earlier = [r["prompt"] for r in read_jsonl(generated_pool, required=("prompt",))] if generated_pool else []
-    rounds = {}  # round id -> log record
+    key = input_hash({"seed_pool": seed_prompts, "earlier": earlier, "model": fingerprint(model),
+                      "settings": {k: v for k, v in vars(s).items() if k not in ("compile", "num_prompts")}})
+    rounds, stale = {}, 0  # round id -> log record
     if rank == 0:
         for log in all_partial_logs(output):
             if overwrite:
                 log.unlink()
-            else:
-                rounds.update((rec["round"], rec) for rec in read_jsonl_partial(log))
+                continue
+            for rec in read_jsonl_partial(log):
+                if isinstance(rec, dict) and rec.get("input_hash") == key and isinstance(rec.get("round"), int):
+                    rounds[rec["round"]] = rec
+                else:
+                    stale += 1
     rounds = dist.broadcast_object(rounds)  # every rank resumes from rank 0's view of the logs
     resumed = [row for r in sorted(rounds) for row in rounds[r]["accepted"]]
 
@@ -137,6 +157,7 @@ def write_prompts(model, tok: Tokenizer, seed_pool, output, s: SelfInstructSetti
         if round_id in rounds:
             continue
         rec = self_instruct_round(model, tok, round_id, seed_prompts, pool, dup_filter, s, model_name)
+        rec["input_hash"] = key
         append_jsonl(log, [rec])
         mine.append(rec)
         pool.extend(row["prompt"] for row in rec["accepted"])
@@ -160,13 +181,16 @@ def write_prompts(model, tok: Tokenizer, seed_pool, output, s: SelfInstructSetti
                 kept.append(row)
             elif len(kept) < s.num_prompts:
                 dropped_across_ranks += 1
-    write_jsonl(output, kept)
-    for old in all_partial_logs(output):
-        old.unlink()
     rejected: dict[str, int] = {}
     for rec in rounds.values():
         for k, v in rec["rejected"].items():
             rejected[k] = rejected.get(k, 0) + v
-    return {"task": "prompts", "output": str(output), "written": len(kept), "requested": s.num_prompts,
-            "rounds": len(rounds), "attempts": sum(rec["attempts"] for rec in rounds.values()),
-            "rejected": rejected, "duplicates_across_ranks": dropped_across_ranks}
+    stats = {"task": "prompts", "output": str(output), "written": len(kept), "requested": s.num_prompts,
+             "rounds": len(rounds), "attempts": sum(rec["attempts"] for rec in rounds.values()),
+             "rejected": rejected, "duplicates_across_ranks": dropped_across_ranks, "stale_rounds_redone": stale}
+    if summary is not None:
+        write_json(summary, stats)  # before the output: its presence marks the step done
+    write_jsonl(output, kept)
+    for old in all_partial_logs(output):
+        old.unlink()
+    return stats

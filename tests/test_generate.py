@@ -114,7 +114,7 @@ def test_bad_input_names_file_and_line(model_dir, tmp_path):
     with pytest.raises(DataError, match=r"prompts.jsonl:2: missing required field\(s\) \['prompt'\]"):
         run_responses(model_dir, inp, tmp_path / "c.jsonl")
     inp.write_text(json.dumps(PROMPTS[0]) + "\n" + json.dumps(PROMPTS[0]) + "\n")
-    with pytest.raises(DataError, match="duplicate id 'a'"):
+    with pytest.raises(DataError, match=r"prompts.jsonl:2: key 'id': duplicate value 'a' \(first on line 1\)"):
         run_responses(model_dir, inp, tmp_path / "c.jsonl")
 
 

@@ -39,8 +39,10 @@ def test_judge_candidates_rows_pairs_and_chunk_seeds(tmp_path):
     assert rows == read_jsonl(out) and len(rows) == 8
     assert [(r["id"], r["candidate_index"]) for r in rows] == \
         [("p1", 0), ("p1", 1), ("p1", 2), ("p2", 0), ("p2", 1), ("p3", 0), ("p3", 1), ("p3", 2)]
-    assert rows[1] == {"id": "p1", "candidate_index": 1, "judgements": ["Fine.\nScore: 5"] * 2,
-                       "scores": [5.0, 5.0], "mean_score": 5.0}
+    assert {k: v for k, v in rows[1].items() if k != "input_hash"} == {
+        "id": "p1", "candidate_index": 1, "judgements": ["Fine.\nScore: 5"] * 2, "scores": [5.0, 5.0],
+        "mean_score": 5.0}
+    assert len({r["input_hash"] for r in rows}) == 7              # one per (prompt, candidate text): p2 has twins
     assert rows[5]["scores"] == [None, None] and rows[5]["mean_score"] is None
     assert not list(tmp_path.glob("*.partial"))                 # merged and removed
     pairs, summary = pairs_from_judgements(CANDIDATES, rows, 1)
@@ -92,14 +94,51 @@ def test_bad_candidates_files_are_clear_errors(tmp_path):
     with pytest.raises(DataError, match=r"candidates\.jsonl:2: malformed JSON"):
         load_candidates(path)
     write_jsonl(path, [{"id": "a", "prompt": "q", "candidates": "not a list"}])
-    with pytest.raises(DataError, match=r"record 1 \(id 'a'\): 'candidates' must be a list"):
+    with pytest.raises(DataError, match=r"candidates\.jsonl:1: key 'candidates' must be a list of strings"):
         load_candidates(path)
     write_jsonl(path, [CANDIDATES[0], CANDIDATES[0]])
-    with pytest.raises(DataError, match="duplicate id"):
+    with pytest.raises(DataError, match=r"candidates\.jsonl:2: key 'id': duplicate value 'p1' \(first on line 1\)"):
         load_candidates(path)
     write_jsonl(path, [{"prompt": "q", "replies": ["a", "b"], "ranks": [0]}])
-    with pytest.raises(DataError, match="'ranks' must be numbers, one per reply"):
+    with pytest.raises(DataError, match=r"candidates\.jsonl:1: key 'ranks' has 1 ranks for 2 replies"):
         load_groups(path)
+    write_jsonl(path, [{"prompt": 7, "replies": ["a", "b"], "ranks": [0, 1]}])
+    with pytest.raises(DataError, match=r"candidates\.jsonl:1: key 'prompt' must be a string, got int 7"):
+        load_groups(path)
+    path.write_text("")
+    with pytest.raises(DataError, match=r"candidates\.jsonl: no candidates in this file"):
+        load_candidates(path)
+
+
+def test_judge_candidates_rejudges_only_what_changed(tmp_path):
+    """Reordered candidates of p1 and an edited prompt p2: those are judged again, p3 is reused."""
+    out = tmp_path / "judgements.jsonl"
+    judge_candidates(CANDIDATES, fake_judge([]), out, k=1, template=COMPACT_TEMPLATE, progress=False)
+    changed = [{**CANDIDATES[0], "candidates": ["score 4", "score 5", "score 2"]},
+               {**CANDIDATES[1], "prompt": "Say hello."}, CANDIDATES[2]]
+    calls = []
+    rows = judge_candidates(changed, fake_judge(calls), out, k=1, template=COMPACT_TEMPLATE, chunk_size=1,
+                            progress=False)
+    assert sum(n for n, _ in calls) == 4                         # p1's 0 and 2 (swapped), p2's 0 and 1
+    pairs, _ = pairs_from_judgements(changed, rows)
+    assert (pairs[0]["chosen"], pairs[0]["rejected"]) == ("score 5", "score 2")  # never a stale score
+    calls.clear()  # other judge settings (another model, another k) are other inputs too
+    judge_candidates(changed, fake_judge(calls), out, k=1, template=COMPACT_TEMPLATE, progress=False,
+                     context={"model": "another"})
+    assert sum(n for n, _ in calls) == 8
+
+
+def test_judge_candidates_never_shrinks_an_output_without_overwrite(tmp_path):
+    out = tmp_path / "judgements.jsonl"
+    judge_candidates(CANDIDATES, fake_judge([]), out, k=1, template=COMPACT_TEMPLATE, progress=False)
+    before = out.read_bytes()
+    with pytest.raises(DataError, match=r"judgements\.jsonl: would replace its 8 judgement rows with 2"):
+        judge_candidates(CANDIDATES[1:2], lambda p, seed=0: pytest.fail("judged"), out, k=1,
+                         template=COMPACT_TEMPLATE, progress=False)
+    assert out.read_bytes() == before
+    rows = judge_candidates(CANDIDATES[1:2], fake_judge([]), out, k=1, template=COMPACT_TEMPLATE,
+                            progress=False, overwrite=True)
+    assert len(rows) == 2 and len(read_jsonl(out)) == 2
 
 
 # ----------------------------------------------------------------------------- end to end

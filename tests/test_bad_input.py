@@ -1,0 +1,242 @@
+"""Bad input and kills, as a user meets them: every command line, run in-process.
+
+Each case runs a CLI through srlm.cli.run_cli (what `python generate.py ...` does) and checks
+the exit code (2), the one line on stderr (file, line, key) and that the earlier output is
+byte-for-byte intact. Then: resumed rows are reused only when their inputs are unchanged, a run
+directory refuses other settings, and a kill between a summary and its output loses neither.
+(The torn-line kill test is in tests/test_io.py, train.py's --out in tests/test_train.py.)
+
+    python -m pytest -q tests/test_bad_input.py
+"""
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import generate
+import judge
+from conftest import shared_file
+from srlm import loop
+from srlm.checkpoint import save_model
+from srlm.cli import run_cli
+from srlm.io import read_jsonl, write_jsonl
+from srlm.model import Llama, ModelArgs
+
+PROMPTS = [{"id": f"p{i}", "prompt": f"Question number {i}?"} for i in range(4)]
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("bad_input") / "m"
+    save_model(Llama(ModelArgs.preset("tiny", vocab_size=1000, max_seq_len=256)), path,
+               tokenizer_path=shared_file("sentencepiece_unigram_1000.model"))
+    return path
+
+
+def fails(capsys, main, prog, argv) -> str:
+    """Run a CLI that must refuse its input: exit code 2 and exactly one line on stderr."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_cli(main, prog, [str(a) for a in argv])
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), lines
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def responses(model_dir, inp, out, *extra):
+    return ["--model", model_dir, "--task", "responses", "--input", inp, "--output", out, "--n", "2",
+            "--max-new-tokens", "4", "--batch-size", "8", "--device", "cpu", *extra]
+
+
+@pytest.fixture(scope="module")
+def finished(model_dir, tmp_path_factory):
+    """A folder with finished candidates, judgements, pairs and summary, to be kept intact."""
+    d = tmp_path_factory.mktemp("finished")
+    write_jsonl(d / "prompts.jsonl", PROMPTS)
+    generate.main(responses(model_dir, d / "prompts.jsonl", d / "candidates.jsonl"))
+    judge.main(["--model", model_dir, "--input", d / "candidates.jsonl", "--k", "1", "--max-new-tokens", "4",
+                "--template", "compact", "--score-pattern", "(?P<score>[0-5])", "--device", "cpu"])
+    return d
+
+
+# ---- generate.py ----
+@pytest.mark.parametrize("content, message", [
+    ("", r"prompts\.jsonl: no prompts in this file"),
+    ('{"id": "p0", "prompt": "Only one?"}\n', r"candidates\.jsonl: would replace its 4 prompts' candidates with 1"),
+    ('{"id": "p0", "prompt": "ok"}\n{"id": "p1", "prompt": 42}\n', r"prompts\.jsonl:2: key 'prompt' must be a string"),
+    ('{"id": ["p0"], "prompt": "ok"}\n', r"prompts\.jsonl:1: key 'id' must be a string or an integer, got list"),
+    ('{"id": "p0", "prompt": "ok"}\n{"id": "p0", "prompt": "again"}\n', r"prompts\.jsonl:2: key 'id': duplicate"),
+    ('{"id": "p0", "prompt": "caf\xe9"}\n', r"prompts\.jsonl:1: not UTF-8"),
+])
+def test_generate_refuses_and_keeps_the_output(model_dir, finished, tmp_path, capsys, content, message):
+    inp = tmp_path / "prompts.jsonl"
+    inp.write_bytes(content.encode("latin-1"))
+    before = snapshot(finished)
+    line = fails(capsys, generate.main, "generate.py", responses(model_dir, inp, finished / "candidates.jsonl"))
+    assert re.search(message, line), line
+    assert snapshot(finished) == before
+
+
+def test_generate_model_problems_are_one_line(model_dir, finished, tmp_path, capsys):
+    line = fails(capsys, generate.main, "generate.py", responses(tmp_path / "nope", finished / "prompts.jsonl",
+                                                                 tmp_path / "c.jsonl"))
+    assert "nope: model directory not found" in line
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in model_dir.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    config = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**config, "hidden_size": "128"}))
+    line = fails(capsys, generate.main, "generate.py", responses(bad, finished / "prompts.jsonl", tmp_path / "c.jsonl"))
+    assert "config.json: key 'hidden_size' must be a positive integer, got '128'" in line
+    (bad / "config.json").write_text(json.dumps(config))
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(bad / "model.safetensors")
+    tensors["model.norm.weight"][0] = float("inf")
+    save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
+    line = fails(capsys, generate.main, "generate.py", responses(bad, finished / "prompts.jsonl", tmp_path / "c.jsonl"))
+    assert "model.safetensors: tensor 'norm.weight' holds non-finite values" in line
+    assert not (tmp_path / "c.jsonl").exists()
+
+
+def test_generate_seed_pool_types(model_dir, tmp_path, capsys):
+    pool = tmp_path / "ift.jsonl"
+    pool.write_text('{"prompt": "fine"}\n{"prompt": 42}\n')
+    line = fails(capsys, generate.main, "generate.py", ["--model", model_dir, "--task", "prompts", "--seed-pool", pool,
+                                                        "--output", tmp_path / "new.jsonl", "--device", "cpu"])
+    assert "ift.jsonl:2: key 'prompt' must be a string, got int 42" in line
+
+
+def test_generate_redoes_rows_whose_prompt_changed(model_dir, finished, tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    for name in ("prompts.jsonl", "candidates.jsonl"):
+        (d / name).write_bytes((finished / name).read_bytes())
+    edited = [dict(p) for p in PROMPTS]
+    edited[2]["prompt"] = "A different question?"
+    write_jsonl(d / "prompts.jsonl", edited)
+    summary = generate.main(responses(model_dir, d / "prompts.jsonl", d / "candidates.jsonl"))
+    assert summary["redone_stale"] == 1 and summary["resumed"] == 3
+    old, new = read_jsonl(finished / "candidates.jsonl"), read_jsonl(d / "candidates.jsonl")
+    assert new[2]["prompt"] == "A different question?" and new[2]["input_hash"] != old[2]["input_hash"]
+    assert [new[i] for i in (0, 1, 3)] == [old[i] for i in (0, 1, 3)]
+
+
+# ---- judge.py ----
+def test_judge_refuses_and_keeps_the_outputs(model_dir, finished, tmp_path, capsys):
+    before = snapshot(finished)
+    argv = ["--model", model_dir, "--judgements", finished / "judgements.jsonl", "--pairs", finished / "pairs.jsonl",
+            "--k", "1", "--device", "cpu"]
+    empty = tmp_path / "candidates.jsonl"
+    empty.write_text("")
+    assert "candidates.jsonl: no candidates in this file" in fails(capsys, judge.main, "judge.py",
+                                                                   ["--input", empty, *argv])
+    write_jsonl(empty, read_jsonl(finished / "candidates.jsonl")[:1])
+    line = fails(capsys, judge.main, "judge.py", ["--input", empty, *argv])
+    assert "judgements.jsonl: would replace its 8 judgement rows with 2" in line
+    groups = tmp_path / "groups.jsonl"
+    groups.write_text('{"prompt": 7, "replies": ["a", "b"], "ranks": [1, 2]}\n')
+    line = fails(capsys, judge.main, "judge.py", ["--eval", "--input", groups, *argv])
+    assert "groups.jsonl:1: key 'prompt' must be a string, got int 7" in line
+    assert snapshot(finished) == before
+
+
+def test_kill_between_judge_summary_and_pairs_loses_neither(model_dir, finished, tmp_path, monkeypatch):
+    """The summary is written first: killed right after it, the step is not done (no pairs.jsonl)
+    and the rerun writes both; never pairs without their summary."""
+    import srlm.pairs
+
+    d = tmp_path / "run"
+    d.mkdir()
+    for name in ("candidates.jsonl", "judgements.jsonl"):
+        (d / name).write_bytes((finished / name).read_bytes())
+    argv = ["--model", model_dir, "--input", d / "candidates.jsonl", "--k", "1", "--max-new-tokens", "4",
+            "--template", "compact", "--score-pattern", "(?P<score>[0-5])", "--device", "cpu"]
+    real = srlm.pairs.write_jsonl
+
+    def killed_at_pairs(path, rows):
+        if Path(path).name == "pairs.jsonl":
+            raise KeyboardInterrupt
+        return real(path, rows)
+
+    monkeypatch.setattr(srlm.pairs, "write_jsonl", killed_at_pairs)
+    with pytest.raises(KeyboardInterrupt):
+        judge.main([str(a) for a in argv])
+    assert (d / "judge_summary.json").is_file() and not (d / "pairs.jsonl").exists()
+    monkeypatch.setattr(srlm.pairs, "write_jsonl", real)
+    judge.main([str(a) for a in argv])
+    assert (d / "pairs.jsonl").read_bytes() == (finished / "pairs.jsonl").read_bytes()
+    assert (d / "judge_summary.json").read_bytes() == (finished / "judge_summary.json").read_bytes()
+
+
+def test_kill_between_prompts_summary_and_prompts_loses_neither(model_dir, tmp_path, monkeypatch):
+    import srlm.prompts
+    from srlm.loading import load_for_inference
+    from srlm.prompts import SelfInstructSettings, write_prompts
+
+    pool = tmp_path / "seed.jsonl"
+    write_jsonl(pool, [{"prompt": f"Tell me about topic number {i} in a few words."} for i in range(8)])
+    model, tok = load_for_inference(model_dir)
+    s = SelfInstructSettings(num_prompts=2, max_new_tokens=8, batch_size=4, max_rounds=2, n_shot=3)
+    real = srlm.prompts.write_jsonl
+    monkeypatch.setattr(srlm.prompts, "write_jsonl", lambda path, rows: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        write_prompts(model, tok, pool, tmp_path / "prompts.jsonl", s, summary=tmp_path / "prompts_summary.json")
+    assert not (tmp_path / "prompts.jsonl").exists()
+    first = json.loads((tmp_path / "prompts_summary.json").read_text())
+    monkeypatch.setattr(srlm.prompts, "write_jsonl", real)
+    again = write_prompts(model, tok, pool, tmp_path / "prompts.jsonl", s, summary=tmp_path / "prompts_summary.json")
+    assert again == first == json.loads((tmp_path / "prompts_summary.json").read_text())  # logged rounds reused
+    assert len(read_jsonl(tmp_path / "prompts.jsonl")) == again["written"]
+
+
+# ---- the loop ----
+def loop_args(run_dir, *extra):
+    return ["--run-dir", run_dir, "--skip-eval", "--iterations", "1", "--device", "cpu", *extra]
+
+
+def test_loop_checks_inputs_before_writing_anything(tmp_path, capsys):
+    if not (DATA / "m0" / "config.json").is_file():
+        pytest.skip("data/ has not been built")
+    run_dir = tmp_path / "run"
+    line = fails(capsys, loop.main, "python -m srlm.loop", loop_args(run_dir, "--seed-prompts", tmp_path / "missing.jsonl"))
+    assert "missing.jsonl: file not found" in line
+    ift = tmp_path / "ift.jsonl"
+    ift.write_text('{"prompt": "q", "response": "a"}\n{"prompt": "q"}\n')
+    line = fails(capsys, loop.main, "python -m srlm.loop", loop_args(run_dir, "--ift", ift))
+    assert "ift.jsonl:2: missing required field(s) ['response']" in line
+    line = fails(capsys, loop.main, "python -m srlm.loop", loop_args(run_dir, "--base-model", tmp_path / "nope"))
+    assert "nope: --base-model directory not found" in line
+    assert not run_dir.exists()
+
+
+def test_loop_refuses_a_run_directory_with_other_settings(tmp_path, capsys, monkeypatch):
+    if not (DATA / "m0" / "config.json").is_file():
+        pytest.skip("data/ has not been built")
+
+    class Stop(Exception):
+        pass
+
+    def stop(cfg):
+        raise Stop
+
+    monkeypatch.setattr(loop, "train", stop)  # record the settings, then stop before SFT
+    run_dir = tmp_path / "run"
+    with pytest.raises(Stop):
+        loop.main([str(a) for a in loop_args(run_dir)])
+    recorded = (run_dir / "settings.json").read_bytes()
+    line = fails(capsys, loop.main, "python -m srlm.loop", loop_args(run_dir, "--seed", "5", "--dpo-lr", "3e-4"))
+    assert "this run directory was made with other settings (dpo_lr: recorded 0.0001, now 0.0003; " \
+           "seed: recorded 0, now 5)" in line
+    assert (run_dir / "settings.json").read_bytes() == recorded
+    with pytest.raises(Stop):  # where it runs and how far it goes may change
+        loop.main([str(a) for a in loop_args(run_dir)] + ["--iterations", "3"])
