@@ -53,8 +53,8 @@ def snapshot(folder: Path) -> dict:
 
 
 def responses(model_dir, inp, out, *extra):
-    return ["--model", model_dir, "--task", "responses", "--input", inp, "--output", out, "--n", "2",
-            "--max-new-tokens", "4", "--batch-size", "8", "--device", "cpu", *extra]
+    return [str(a) for a in ["--model", model_dir, "--task", "responses", "--input", inp, "--output", out, "--n", "2",
+                             "--max-new-tokens", "4", "--batch-size", "8", "--device", "cpu", *extra]]
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +63,9 @@ def finished(model_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("finished")
     write_jsonl(d / "prompts.jsonl", PROMPTS)
     generate.main(responses(model_dir, d / "prompts.jsonl", d / "candidates.jsonl"))
-    judge.main(["--model", model_dir, "--input", d / "candidates.jsonl", "--k", "1", "--max-new-tokens", "4",
-                "--template", "compact", "--score-pattern", "(?P<score>[0-5])", "--device", "cpu"])
+    judge.main([str(a) for a in ["--model", model_dir, "--input", d / "candidates.jsonl", "--k", "1",
+                                 "--max-new-tokens", "4", "--template", "compact", "--score-pattern",
+                                 "(?P<score>[0-5])", "--device", "cpu"]])
     return d
 
 
