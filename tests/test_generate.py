@@ -82,7 +82,13 @@ def test_resume_skips_finished_prompts(model_dir, prompts_file, tmp_path):
     The rerun must keep "b" as logged, generate the others, and write all four in input order."""
     out = tmp_path / "candidates.jsonl"
     log = tmp_path / "candidates.jsonl.partial"
-    append_jsonl(log, [{"id": "b", "prompt": PROMPTS[1]["prompt"], "candidates": ["logged 1", "logged 2"]}])
+    from srlm.candidates import CandidateSettings, row_hash
+    from srlm.loading import fingerprint, load_for_inference
+
+    key = row_hash(PROMPTS[1]["prompt"], CandidateSettings(n=2, max_new_tokens=6),  # run_responses' settings
+                   fingerprint(load_for_inference(model_dir)[0]))
+    append_jsonl(log, [{"id": "b", "prompt": PROMPTS[1]["prompt"], "candidates": ["logged 1", "logged 2"],
+                        "input_hash": key}])
     with open(log, "a") as f:
         f.write('{"id": "c", "prompt": "How do')  # the kill came mid-line
     summary = run_responses(model_dir, prompts_file, out)
