@@ -108,6 +108,12 @@ def read_prompt_pool(path) -> list[str]:
     return [r["prompt"] for r in rows]
 
 
+def round_key(seed_prompts: list[str], earlier: list[str], model_id: str, s: SelfInstructSettings) -> str:
+    """The input_hash of a logged round: what its prompts depend on (pools, settings, model)."""
+    return input_hash({"seed_pool": seed_prompts, "earlier": earlier, "model": model_id,
+                       "settings": {k: v for k, v in vars(s).items() if k not in ("compile", "num_prompts")}})
+
+
 def write_prompts(model, tok: Tokenizer, seed_pool, output, s: SelfInstructSettings, *, generated_pool=None,
                   model_name: str = "", overwrite: bool = False, summary=None, rank: int = 0,
                   world_size: int = 1) -> Optional[dict]:
@@ -125,8 +131,7 @@ def write_prompts(model, tok: Tokenizer, seed_pool, output, s: SelfInstructSetti
     if dist.broadcast_object(output.is_file() and not overwrite):
         n = len(read_jsonl(output, required=("id", "prompt"))) if rank == 0 else 0
         return {"task": "prompts", "output": str(output), "written": n, "note": "output exists; nothing to do"}
-    key = input_hash({"seed_pool": seed_prompts, "earlier": earlier, "model": fingerprint(model),
-                      "settings": {k: v for k, v in vars(s).items() if k not in ("compile", "num_prompts")}})
+    key = round_key(seed_prompts, earlier, fingerprint(model), s)
     rounds, stale = {}, 0  # round id -> log record
     if rank == 0:
         for log in all_partial_logs(output):

@@ -169,7 +169,13 @@ def test_self_instruct_resumes_from_logged_rounds(model_dir, tmp_path):
     write_jsonl(seed_pool, SEED_POOL)
     logged = [{"id": f"x{i}", "prompt": text, "source": "self-instruct"}
               for i, text in enumerate(["Why do cats purr?", "Plan a weekend in Rome.", "What is entropy?"])]
-    append_jsonl(Path(str(out) + ".partial"), [{"round": 0, "accepted": logged, "rejected": {}, "attempts": 4}])
+    from srlm.loading import fingerprint, load_for_inference
+    from srlm.prompts import SelfInstructSettings, round_key
+
+    s = SelfInstructSettings(num_prompts=3, max_new_tokens=12, batch_size=4, min_words=1, n_shot=4)  # run_prompts'
+    key = round_key([r["prompt"] for r in SEED_POOL], [], fingerprint(load_for_inference(model_dir)[0]), s)
+    append_jsonl(Path(str(out) + ".partial"), [{"round": 0, "accepted": logged, "rejected": {}, "attempts": 4,
+                                                "input_hash": key}])
     summary = run_prompts(model_dir, seed_pool, out)
     assert read_jsonl(out) == logged
     assert summary["rounds"] == 1
