@@ -204,16 +204,20 @@ def judge_candidates(rows: list[dict], judge_fn: Callable, judgements: str | Pat
 
 # ----------------------------------------------------------------------------- the two uses
 
+def _judge(model, tokenizer, rows, judgements, s: JudgeSettings, rank: int, world_size: int, overwrite: bool):
+    """judge_candidates with the settings of `s` and this model as the judge."""
+    return judge_candidates(rows, s.judge_fn(model, tokenizer), judgements, k=s.k, min_valid=s.min_valid,
+                            template=s.check(), pattern=s.score_pattern, chunk_size=s.chunk_size,
+                            seed=s.seed, rank=rank, world_size=world_size, context=s.context(model),
+                            overwrite=overwrite)
+
+
 def write_pairs(model, tokenizer, candidates, judgements, pairs, s: JudgeSettings, *, summary=None,
                 overwrite: bool = False, rank: int = 0, world_size: int = 1) -> Optional[dict]:
     """candidates.jsonl -> judgements.jsonl -> pairs.jsonl and judge_summary.json (default: next to
     `pairs`). Every rank calls this; rank 0 writes the files and returns the summary."""
-    template = s.check()
     rows = load_candidates(candidates)
-    judged = judge_candidates(rows, s.judge_fn(model, tokenizer), judgements, k=s.k, min_valid=s.min_valid,
-                              template=template, pattern=s.score_pattern, chunk_size=s.chunk_size,
-                              seed=s.seed, rank=rank, world_size=world_size, context=s.context(model),
-                              overwrite=overwrite)
+    judged = _judge(model, tokenizer, rows, judgements, s, rank, world_size, overwrite)
     if rank != 0:
         return None
     pairs = Path(pairs)
@@ -228,12 +232,8 @@ def judge_groups(model, tokenizer, groups, judgements, metrics, s: JudgeSettings
                  rank: int = 0, world_size: int = 1) -> Optional[dict]:
     """Reward-model metrics of the judge on human-ranked groups (srlm/metrics.py), written to `metrics`
     (JSON; NaN written as null). Every rank calls this; rank 0 returns the metrics."""
-    template = s.check()
     rows = load_groups(groups)
-    judged = judge_candidates(rows, s.judge_fn(model, tokenizer), judgements, k=s.k, min_valid=s.min_valid,
-                              template=template, pattern=s.score_pattern, chunk_size=s.chunk_size,
-                              seed=s.seed, rank=rank, world_size=world_size, context=s.context(model),
-                              overwrite=overwrite)
+    judged = _judge(model, tokenizer, rows, judgements, s, rank, world_size, overwrite)
     if rank != 0:
         return None
     mean = {(r["id"], r["candidate_index"]): r["mean_score"] for r in judged}
