@@ -145,16 +145,13 @@ def evaluate_model(model_dir, name: str, out_dir, eval_prompts_file, eval_groups
                    temperature: float = 0.7, top_p: float = 0.9, seed: int = 0) -> dict:
     """Evaluate one checkpoint; cached in <out_dir>/<name>.json. own_samples_n = 0 skips the
     judge-on-own-samples measurement (it costs n answers and n judgements per prompt)."""
-    from srlm.checkpoint import load_model
-    from srlm.tokenizer import Tokenizer
+    from srlm.loading import load_for_inference
 
     out_dir = Path(out_dir)
     result_file = out_dir / f"{name}.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
-    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32  # as generate.py samples
-    model = load_model(model_dir, dtype=dtype, device=device).eval()
-    tokenizer = Tokenizer.from_dir(model_dir)
+    model, tokenizer = load_for_inference(model_dir, device=device)  # the dtype generation samples in
     eval_prompts = read_jsonl(eval_prompts_file, required=("prompt",))
     eval_groups = read_jsonl(eval_groups_file, required=("prompt", "replies", "ranks"))
     template = load_template(template)
