@@ -49,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--model", required=True, help="Hugging Face model directory (config.json + safetensors)")
     p.add_argument("--tokenizer", help="tokenizer.model or tokenizer.json (default: the one inside --model)")
+    p.add_argument("--chat", choices=["llama2", "chatml"],
+                   help="chat format (default: the checkpoint's chat template, else llama2)")
     p.add_argument("--task", required=True, choices=["responses", "prompts"])
     p.add_argument("--input", help="prompts.jsonl (--task responses)")
     p.add_argument("--output", required=True)
@@ -102,7 +104,7 @@ def main(argv: Optional[list[str]] = None) -> Optional[dict]:
     owns_group = not torch.distributed.is_initialized()  # a caller may have started it
     rank, world_size, device = dist.init_distributed(a.device)
     try:
-        model, tok = load_for_inference(a.model, a.tokenizer, device, DTYPES[a.dtype] if a.dtype else None)
+        model, tok = load_for_inference(a.model, a.tokenizer, device, DTYPES[a.dtype] if a.dtype else None, a.chat)
         sampling = dict(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, max_new_tokens=a.max_new_tokens,
                         seed=a.seed, batch_size=a.batch_size, compile=a.compile)
         if a.task == "responses":

@@ -49,6 +49,8 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="HF-format checkpoint dir (with tokenizer.model or tokenizer.json)")
+    ap.add_argument("--chat", choices=["llama2", "chatml"],
+                    help="chat format (default: the checkpoint's chat template, else llama2)")
     ap.add_argument("--input", "--candidates", dest="input", required=True,
                     help="candidates.jsonl (or ranked groups with --eval)")
     ap.add_argument("--judgements", help="default: judgements.jsonl (eval_judgements.jsonl) next to --input")
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     load_groups(inp) if a.eval else load_candidates(inp)
     judgements = Path(a.judgements or inp.parent / ("eval_judgements.jsonl" if a.eval else "judgements.jsonl"))
     rank, world_size, device = dist.init_distributed(a.device)
-    model, tokenizer = load_for_inference(a.model, device=device, dtype=DTYPES[a.dtype] if a.dtype else None)
+    model, tokenizer = load_for_inference(a.model, device=device, dtype=DTYPES[a.dtype] if a.dtype else None, chat=a.chat)
     if a.eval:
         metrics = judge_groups(model, tokenizer, inp, judgements, Path(a.metrics or inp.parent / "eval_metrics.json"),
                                s, overwrite=a.overwrite, rank=rank, world_size=world_size)

@@ -107,10 +107,10 @@ def write_candidates(model, tok: Tokenizer, input, output, settings: CandidateSe
                      rank: int = 0, world_size: int = 1) -> Optional[dict]:
     """prompts.jsonl -> candidates.jsonl, resumable (module docstring). Every rank calls this;
     rank 0 writes the file and returns a summary, the others return None."""
-    from srlm.loading import fingerprint
+    from srlm.loading import model_id as weights_and_chat
 
     output = Path(output)
-    model_id = fingerprint(model)
+    model_id = weights_and_chat(model, tok)
     rows = [{**r, "input_hash": row_hash(r["prompt"], settings, model_id)} for r in read_prompt_rows(input)]
     want = {r["id"]: r["input_hash"] for r in rows}
     finished: dict[str, dict] = {}  # id -> row, known to rank 0 only

@@ -52,14 +52,21 @@ def fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
-def load_for_inference(model_dir, tokenizer_path=None, device="cpu", dtype: Optional[torch.dtype] = None):
+def model_id(model, tok) -> str:
+    """What a generated row depends on besides its inputs: the weights and the chat format that
+    wraps its prompt (the same checkpoint run with --chat chatml writes different rows)."""
+    return f"{fingerprint(model)}/{tok.chat.name}"
+
+
+def load_for_inference(model_dir, tokenizer_path=None, device="cpu", dtype: Optional[torch.dtype] = None,
+                       chat: Optional[str] = None):
     """(model in eval mode, tokenizer) from a checkpoint directory.
 
     The tokenizer is read first, so a directory without one fails before the weights are loaded;
     `tokenizer_path` names one kept elsewhere (Meta's download): tokenizer.model or tokenizer.json.
     The model's vocabulary must hold every id the tokenizer can produce.
     """
-    tok = load_tokenizer(tokenizer_path or model_dir)  # tokenizer.model or tokenizer.json, with the chat format
+    tok = load_tokenizer(tokenizer_path or model_dir, chat)  # tokenizer.model or tokenizer.json, with the chat format
     device = torch.device(device)
     model = load_model(model_dir, dtype=dtype or default_dtype(device), device=device).eval()
     if model.args.vocab_size < tok.vocab_size:

@@ -75,11 +75,11 @@ class JudgeSettings:
             raise ValueError(f"--min-valid must be in [1, --k={self.k}], got {self.min_valid}")
         return template
 
-    def context(self, model) -> dict:
+    def context(self, model, tokenizer) -> dict:
         """Everything besides the texts that a judgement depends on (its resume key, input_hash)."""
-        from srlm.loading import fingerprint
+        from srlm.loading import model_id
 
-        return {"model": fingerprint(model), "template": load_template(self.template), "k": self.k,
+        return {"model": model_id(model, tokenizer), "template": load_template(self.template), "k": self.k,
                 "score_pattern": self.score_pattern, "temperature": self.temperature, "top_p": self.top_p,
                 "max_new_tokens": self.max_new_tokens, "seed": self.seed}
 
@@ -208,7 +208,7 @@ def _judge(model, tokenizer, rows, judgements, s: JudgeSettings, rank: int, worl
     """judge_candidates with the settings of `s` and this model as the judge."""
     return judge_candidates(rows, s.judge_fn(model, tokenizer), judgements, k=s.k, min_valid=s.min_valid,
                             template=s.check(), pattern=s.score_pattern, chunk_size=s.chunk_size,
-                            seed=s.seed, rank=rank, world_size=world_size, context=s.context(model),
+                            seed=s.seed, rank=rank, world_size=world_size, context=s.context(model, tokenizer),
                             overwrite=overwrite)
 
 

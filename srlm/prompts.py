@@ -123,7 +123,7 @@ def write_prompts(model, tok: Tokenizer, seed_pool, output, s: SelfInstructSetti
     earlier iterations (optional). Every rank calls this; rank 0 writes the file and returns a
     summary (rounds, attempts, rejections by reason), the others return None.
     """
-    from srlm.loading import fingerprint
+    from srlm.loading import model_id
 
     output = Path(output)
     seed_prompts = read_prompt_pool(seed_pool)  # checked first, even when there is nothing to do
@@ -131,7 +131,7 @@ def write_prompts(model, tok: Tokenizer, seed_pool, output, s: SelfInstructSetti
     if dist.broadcast_object(output.is_file() and not overwrite):
         n = len(read_jsonl(output, required=("id", "prompt"))) if rank == 0 else 0
         return {"task": "prompts", "output": str(output), "written": n, "note": "output exists; nothing to do"}
-    key = round_key(seed_prompts, earlier, fingerprint(model), s)
+    key = round_key(seed_prompts, earlier, model_id(model, tok), s)
     rounds, stale = {}, 0  # round id -> log record
     if rank == 0:
         for log in all_partial_logs(output):

@@ -194,7 +194,7 @@ def setup(cfg: TrainConfig, work: Path, rank: int, world: int, device: torch.dev
         return contextlib.nullcontext()
 
     # ---- tokenizer, model, data ----
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.init)  # tokenizer.model or tokenizer.json, with the chat format
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.init, cfg.chat)  # tokenizer.model or tokenizer.json, with the chat format
     rows = load_rows(cfg.data, cfg.stage)  # checked before anything is written or deleted
     resuming = cfg.resume and (ckpt_dir / "trainer.pt").is_file()
     if resuming:

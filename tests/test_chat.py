@@ -165,3 +165,29 @@ def test_save_keeps_tokenizer_files_and_template(chatml_dir, tmp_path):
     reloaded = load_model(tmp_path / "ckpt")
     assert reloaded.tokenizer_path == str(tmp_path / "ckpt" / "tokenizer.json")
     assert load_tokenizer(tmp_path / "ckpt").encode_prompt("Hi") == load_tokenizer(chatml_dir).encode_prompt("Hi")
+
+
+def test_clis_take_the_checkpoints_format_or_the_flag(chatml_dir, tmp_path):
+    import torch
+
+    import generate
+    import judge
+    import train
+    from srlm.checkpoint import save_model
+    from srlm.loading import load_for_inference, model_id
+    from srlm.model import Llama, ModelArgs
+
+    torch.manual_seed(0)
+    model = Llama(ModelArgs(dim=32, n_layers=1, n_heads=2, vocab_size=400, hidden_dim=64, max_seq_len=32))
+    save_model(model, tmp_path / "ckpt", tokenizer_path=chatml_dir / "tokenizer.json")
+    loaded, tok = load_for_inference(tmp_path / "ckpt")
+    assert tok.chat.name == "chatml" and tok.chat.default_system == SYSTEM
+    _, tok2 = load_for_inference(tmp_path / "ckpt", chat="llama2")
+    assert tok2.chat.name == "llama2"
+    # rows generated under one chat format are never resumed under another
+    assert model_id(loaded, tok) != model_id(loaded, tok2)
+    assert generate.parse_args(["--model", "m", "--task", "responses", "--input", "p", "--output", "o",
+                                "--chat", "chatml"]).chat == "chatml"
+    assert train.config_from_args(train.parse_args(["--stage", "dpo", "--data", "d", "--out", "o", "--init", "m",
+                                                    "--chat", "llama2"])).chat == "llama2"
+    assert judge.parse_args(["--model", "m", "--input", "c", "--chat", "chatml"]).chat == "chatml"

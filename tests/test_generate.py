@@ -83,10 +83,10 @@ def test_resume_skips_finished_prompts(model_dir, prompts_file, tmp_path):
     out = tmp_path / "candidates.jsonl"
     log = tmp_path / "candidates.jsonl.partial"
     from srlm.candidates import CandidateSettings, row_hash
-    from srlm.loading import fingerprint, load_for_inference
+    from srlm.loading import load_for_inference, model_id
 
     key = row_hash(PROMPTS[1]["prompt"], CandidateSettings(n=2, max_new_tokens=6),  # run_responses' settings
-                   fingerprint(load_for_inference(model_dir)[0]))
+                   model_id(*load_for_inference(model_dir)))
     append_jsonl(log, [{"id": "b", "prompt": PROMPTS[1]["prompt"], "candidates": ["logged 1", "logged 2"],
                         "input_hash": key}])
     with open(log, "a") as f:
@@ -169,11 +169,11 @@ def test_self_instruct_resumes_from_logged_rounds(model_dir, tmp_path):
     write_jsonl(seed_pool, SEED_POOL)
     logged = [{"id": f"x{i}", "prompt": text, "source": "self-instruct"}
               for i, text in enumerate(["Why do cats purr?", "Plan a weekend in Rome.", "What is entropy?"])]
-    from srlm.loading import fingerprint, load_for_inference
+    from srlm.loading import load_for_inference, model_id
     from srlm.prompts import SelfInstructSettings, round_key
 
     s = SelfInstructSettings(num_prompts=3, max_new_tokens=12, batch_size=4, min_words=1, n_shot=4)  # run_prompts'
-    key = round_key([r["prompt"] for r in SEED_POOL], [], fingerprint(load_for_inference(model_dir)[0]), s)
+    key = round_key([r["prompt"] for r in SEED_POOL], [], model_id(*load_for_inference(model_dir)), s)
     append_jsonl(Path(str(out) + ".partial"), [{"round": 0, "accepted": logged, "rejected": {}, "attempts": 4,
                                                 "input_hash": key}])
     summary = run_prompts(model_dir, seed_pool, out)
