@@ -44,7 +44,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from srlm.io import DataError, append_jsonl, read_jsonl_partial, write_json, write_jsonl
+from srlm.io import DataError, append_jsonl, input_hash, read_jsonl_partial, write_json, write_jsonl
 from srlm.judge import judge_prompt, load_template, parse_score, truncate_after_score
 
 ROLES = ("prompter", "assistant")
@@ -212,7 +212,8 @@ def rebalance_by_score(examples: Sequence[dict], max_ratio: float = 1.0, seed: i
 def build_eft(groups: Sequence[dict], judge_fn: Callable[[list[str]], list[str]], *,
               template: str | None = None, pattern: str | None = None, strict: bool = False,
               max_ratio: float = 1.0, seed: int = 0, batch_size: int = 64,
-              log_path: str | Path | None = None, progress: bool = False) -> tuple[list[dict], dict]:
+              log_path: str | Path | None = None, context: dict | None = None,
+              progress: bool = False) -> tuple[list[dict], dict]:
     """The paper's EFT recipe -> (rows, stats).
 
     1. every reply of every ranked group is put in the judge prompt; `judge_fn(list of judge
@@ -220,13 +221,19 @@ def build_eft(groups: Sequence[dict], judge_fn: Callable[[list[str]], list[str]]
     2. a group's judgements are kept only when all parse and `scores_agree` with the ranking;
     3. each kept judgement becomes {"id", "prompt": judge prompt, "response": judgement cut after
        its last score line, "score"}; then `rebalance_by_score`.
-    With `log_path`, judgements are appended there as {"reply_id", "judgement"} after each batch
-    and reused on the next run (resume; also lets you inspect every raw judgement).
+    With `log_path`, judgements are appended there as {"reply_id", "judgement", "input_hash"}
+    after each batch and reused on the next run (resume; also lets you inspect every raw
+    judgement). A logged judgement is reused only when its input_hash (the judge prompt and
+    `context`: the judge model and its sampling settings) is the one it would get now.
     """
     ranked = [g for g in groups if len(set(g["ranks"])) >= 2]
     items = [(rid, judge_prompt(g["prompt"], reply, template))
              for g in ranked for rid, reply in zip(g["reply_ids"], g["replies"])]
-    done = {r["reply_id"]: r["judgement"] for r in read_jsonl_partial(log_path)} if log_path else {}
+    want = {rid: input_hash({"judge_prompt": text, **(context or {})}) for rid, text in items}
+    done = {}
+    for r in read_jsonl_partial(log_path) if log_path else []:
+        if isinstance(r, dict) and r.get("input_hash") is not None and want.get(r.get("reply_id")) == r["input_hash"]:
+            done[r["reply_id"]] = r["judgement"]
     todo = [(rid, text) for rid, text in items if rid not in done]
     batches = range(0, len(todo), batch_size)
     if progress:
@@ -237,7 +244,7 @@ def build_eft(groups: Sequence[dict], judge_fn: Callable[[list[str]], list[str]]
         outs = judge_fn([text for _, text in chunk])
         if len(outs) != len(chunk):
             raise RuntimeError(f"judge_fn returned {len(outs)} texts for {len(chunk)} prompts")
-        new = [{"reply_id": rid, "judgement": out} for (rid, _), out in zip(chunk, outs)]
+        new = [{"reply_id": rid, "judgement": out, "input_hash": want[rid]} for (rid, _), out in zip(chunk, outs)]
         done.update((r["reply_id"], r["judgement"]) for r in new)
         if log_path:
             append_jsonl(log_path, new)
@@ -267,23 +274,29 @@ def build_eft(groups: Sequence[dict], judge_fn: Callable[[list[str]], list[str]]
 
 # ----------------------------------------------------------------------------- CLI
 
-def prepare(trees: str | Path, out_dir: str | Path, *, eval_fraction: float = 0.25,
-            include_synthetic: bool = False) -> tuple[list[dict], dict]:
-    """Write ift.jsonl, train_groups.jsonl, eval_groups.jsonl; return (train groups, stats)."""
+def split(trees: str | Path, *, eval_fraction: float = 0.25, include_synthetic: bool = False) -> dict:
+    """Read and check the trees, then split them -> {file name: rows} for ift.jsonl,
+    train_groups.jsonl and eval_groups.jsonl, plus "train" (the training groups, EFT's input)
+    and "stats". Nothing is written: a bad tree fails here, before any output exists."""
     if not 0.0 <= eval_fraction <= 1.0:
-        raise ValueError(f"eval_fraction must be in [0, 1], got {eval_fraction}")
-    out_dir = Path(out_dir)
+        raise ValueError(f"--eval-fraction must be in [0, 1], got {eval_fraction}")
     groups, stats = first_turn_groups(trees, include_synthetic=include_synthetic)
     train = [g for g in groups if not is_eval_tree(g["tree_id"], eval_fraction)]
     held_out = [g for g in groups if is_eval_tree(g["tree_id"], eval_fraction)]
-    ift = ift_rows(train)
-    write_jsonl(out_dir / "ift.jsonl", ift)
-    write_jsonl(out_dir / "train_groups.jsonl", ranked_group_rows(train))
-    write_jsonl(out_dir / "eval_groups.jsonl", ranked_group_rows(held_out))
-    stats.update(eval_fraction=eval_fraction, include_synthetic=include_synthetic, ift=len(ift),
-                 train_groups=len(ranked_group_rows(train)),
-                 eval_groups=len(ranked_group_rows(held_out)))
-    return train, stats
+    files = {"ift.jsonl": ift_rows(train), "train_groups.jsonl": ranked_group_rows(train),
+             "eval_groups.jsonl": ranked_group_rows(held_out)}
+    stats.update(eval_fraction=eval_fraction, include_synthetic=include_synthetic, ift=len(files["ift.jsonl"]),
+                 train_groups=len(files["train_groups.jsonl"]), eval_groups=len(files["eval_groups.jsonl"]))
+    return {"files": files, "train": train, "stats": stats}
+
+
+def prepare(trees: str | Path, out_dir: str | Path, *, eval_fraction: float = 0.25,
+            include_synthetic: bool = False) -> tuple[list[dict], dict]:
+    """Write ift.jsonl, train_groups.jsonl, eval_groups.jsonl; return (train groups, stats)."""
+    parts = split(trees, eval_fraction=eval_fraction, include_synthetic=include_synthetic)
+    for name, rows in parts["files"].items():
+        write_jsonl(Path(out_dir) / name, rows)
+    return parts["train"], parts["stats"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -296,6 +309,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--include-synthetic", action="store_true",
                     help="keep model-written (synthetic) messages; skipped by default")
     ap.add_argument("--judge-model", help="HF-format checkpoint dir (the SFT baseline): build eft.jsonl")
+    ap.add_argument("--chat", choices=["llama2", "chatml"],
+                    help="the judge's chat format (default: the checkpoint's chat template, else llama2)")
     ap.add_argument("--template", default="default", help="'default', 'compact' or a template file")
     ap.add_argument("--score-pattern", default=None, help="regex with a (?P<score>...) group")
     ap.add_argument("--strict", action="store_true",
@@ -308,32 +323,40 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                    help="default: bfloat16 on GPU, float32 on CPU (as generate.py and judge.py)")
     args = ap.parse_args(argv)
 
+    # Everything is read and checked (trees, template, pattern, the judge model) before a file is written.
     out_dir = Path(args.out_dir)
-    train, stats = prepare(args.trees, out_dir, eval_fraction=args.eval_fraction,
-                           include_synthetic=args.include_synthetic)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: --out-dir must be a folder (or not exist yet); this is a file")
+    parts = split(args.trees, eval_fraction=args.eval_fraction, include_synthetic=args.include_synthetic)
+    stats = parts["stats"]
+    judge_fn = None
     if args.judge_model:
-        import torch
-
+        from srlm.dist import init_distributed
         from srlm.judge import make_model_judge
-        from srlm.checkpoint import load_model
-        from srlm.tokenizer import Tokenizer
+        from srlm.loading import load_for_inference, model_id, parse_dtype
 
         template = load_template(args.template)
         if args.score_pattern:
             parse_score("", args.score_pattern)          # fail early on a bad pattern
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = load_model(args.judge_model, dtype=getattr(torch, args.dtype), device=device)
-        model.eval()
-        judge_fn = make_model_judge(model, Tokenizer.from_dir(args.judge_model),
-                                    max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        _, _, device = init_distributed(args.device)
+        model, tok = load_for_inference(args.judge_model, device=device, dtype=parse_dtype(args.dtype, device),
+                                        chat=args.chat)
+        judge_fn = make_model_judge(model, tok, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                     top_p=args.top_p, seed=args.seed, batch_size=args.batch_size)
-        eft, eft_stats = build_eft(train, judge_fn, template=template, pattern=args.score_pattern,
+        # what a logged judgement depends on besides its judge prompt (resume key, srlm.io.input_hash)
+        context = {"model": model_id(model, tok), "temperature": args.temperature, "top_p": args.top_p,
+                   "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+    for name, rows in parts["files"].items():
+        write_jsonl(out_dir / name, rows)
+    if judge_fn is not None:
+        eft, eft_stats = build_eft(parts["train"], judge_fn, template=template, pattern=args.score_pattern,
                                    strict=args.strict, max_ratio=args.max_ratio, seed=args.seed,
                                    batch_size=args.batch_size, log_path=out_dir / "eft_judgements.jsonl",
-                                   progress=True)
+                                   context=context, progress=True)
         write_jsonl(out_dir / "eft.jsonl", eft)
         stats.update(eft_stats)
     write_json(out_dir / "stats.json", stats)

@@ -277,3 +277,33 @@ def test_main_with_a_judge_model_writes_eft_files(tmp_path):
     assert stats["eft_examples"] == len(read_jsonl(tmp_path / "out" / "eft.jsonl"))
     assert main(argv) == stats                      # resumed from the log: same result
     assert len(read_jsonl(tmp_path / "out" / "eft_judgements.jsonl")) == 6
+    # another judge setting: nothing logged under the old one is reused, every reply is judged again
+    main(argv + ["--seed", "1"])
+    log = read_jsonl(tmp_path / "out" / "eft_judgements.jsonl")
+    assert len(log) == 12 and len({r["input_hash"] for r in log}) == 12
+    assert main(argv + ["--seed", "1"])["eft_groups"] == 3
+    assert len(read_jsonl(tmp_path / "out" / "eft_judgements.jsonl")) == 12  # now resumed
+
+
+def test_build_eft_reuses_a_logged_judgement_only_for_the_same_inputs(tmp_path):
+    """The log is keyed by input_hash (judge prompt + context), not by reply id alone."""
+    log = tmp_path / "log.jsonl"
+    calls = []
+
+    def judge(prompts):
+        calls.append(len(prompts))
+        return ["Score: 5" if "Good" in p else "Score: 1" for p in prompts]
+
+    groups = [{"id": "p", "tree_id": "t", "prompt": "Q?", "replies": ["Good.", "Bad."], "ranks": [0, 1],
+               "reply_ids": ["a", "b"]}]
+    build_eft(groups, judge, template=COMPACT_TEMPLATE, log_path=log, context={"model": "m1"})
+    build_eft(groups, judge, template=COMPACT_TEMPLATE, log_path=log, context={"model": "m1"})
+    assert calls == [2]                                           # second run: all from the log
+    edited = [{**groups[0], "replies": ["Good.", "Worse."]}]       # reply b's text changed
+    rows, _ = build_eft(edited, judge, template=COMPACT_TEMPLATE, log_path=log, context={"model": "m1"})
+    assert calls == [2, 1] and "Worse." in rows[1]["prompt"]
+    build_eft(edited, judge, template=COMPACT_TEMPLATE, log_path=log, context={"model": "m2"})
+    assert calls == [2, 1, 2]                                     # another judge model: both again
+    log.write_text('{"reply_id": "a", "judgement": "Score: 0"}\n')  # a row without input_hash
+    build_eft(groups, judge, template=COMPACT_TEMPLATE, log_path=log, context={"model": "m1"})
+    assert calls == [2, 1, 2, 2]
