@@ -19,7 +19,9 @@
 The grader only scores what the model wrote, after the fact: nothing here feeds training.
 Greedy decoding and fixed seeds keep the evaluation deterministic, so two runs with the same
 checkpoints agree. Results go to `<out_dir>/<name>.json` (+ the raw answers and judgements as
-JSONL, to inspect); an existing result is reused, so a resumed loop never re-evaluates a model.
+JSONL, to inspect); an existing result is reused only when the input_hash it records (the model's
+weights and chat format, both evaluation files, the settings) is unchanged, so a resumed loop never
+re-evaluates a model, and a changed model or file is never read from a stale result.
 
     python -m srlm.evaluate --model runs/default/m1 --name m1 --out-dir runs/default/eval
 """
@@ -32,7 +34,7 @@ from pathlib import Path
 import torch
 
 from srlm import world
-from srlm.io import read_jsonl, write_json, write_jsonl
+from srlm.io import DataError, file_hash, input_hash, read_jsonl, write_json, write_jsonl
 from srlm.judge import judge_prompt, load_template, make_model_judge, parse_score
 from srlm.metrics import correctness_metrics, reward_model_metrics
 
@@ -139,22 +141,52 @@ def head_to_head(rows_a: list[dict], rows_b: list[dict]) -> dict:
     return {"win": win / n, "tie": tie / n, "loss": loss / n, "prompts": win + tie + loss}
 
 
-def evaluate_model(model_dir, name: str, out_dir, eval_prompts_file, eval_groups_file, *, template="compact",
-                   max_new_tokens: int = 48, judge_max_new_tokens: int = 48, batch_size: int = 64,
-                   score_pattern: str | None = None, device: str = "cpu", own_samples_n: int = 0,
-                   temperature: float = 0.7, top_p: float = 0.9, seed: int = 0) -> dict:
-    """Evaluate one checkpoint; cached in <out_dir>/<name>.json. own_samples_n = 0 skips the
-    judge-on-own-samples measurement (it costs n answers and n judgements per prompt)."""
-    from srlm.loading import load_for_inference
+def eval_key(model, tokenizer, eval_prompts_file, eval_groups_file, settings: dict) -> str:
+    """The input_hash of an evaluation: the model (weights and chat format, srlm.loading.model_id),
+    the contents of both evaluation files and every setting that shapes the answers and judgements."""
+    from srlm.loading import model_id
 
+    return input_hash({"model": model_id(model, tokenizer), "eval_prompts": file_hash(eval_prompts_file),
+                       "eval_groups": file_hash(eval_groups_file), **settings})
+
+
+def read_eval_inputs(eval_prompts_file, eval_groups_file) -> tuple[list[dict], list[dict]]:
+    """The held-out prompts and ranked groups, checked (file:line: key); a bad file fails here."""
+    from srlm.pairs import load_groups
+
+    eval_prompts = read_jsonl(eval_prompts_file, required=("prompt",), types={"prompt": "str"})
+    if not eval_prompts:
+        raise DataError(f"{eval_prompts_file}: no prompts in this file")
+    load_groups(eval_groups_file)  # the checks judge.py --eval makes (types, ranks per reply)
+    eval_groups = read_jsonl(eval_groups_file, required=("prompt", "replies", "ranks"))
+    return eval_prompts, eval_groups
+
+
+def evaluate_model(model, tokenizer, name: str, out_dir, eval_prompts_file, eval_groups_file, *, template="compact",
+                   max_new_tokens: int = 48, judge_max_new_tokens: int = 48, batch_size: int = 64,
+                   score_pattern: str | None = None, own_samples_n: int = 0, temperature: float = 0.7,
+                   top_p: float = 0.9, seed: int = 0) -> dict:
+    """Evaluate one model (srlm.loading.load_for_inference), results in <out_dir>/<name>.json.
+
+    The result file records the input_hash of what produced it (`eval_key`: the model, both
+    evaluation files, the settings); it is reused only when that hash is unchanged, else the
+    evaluation runs again and replaces it. own_samples_n = 0 skips the judge-on-own-samples
+    measurement (it costs n answers and n judgements per prompt)."""
+    eval_prompts, eval_groups = read_eval_inputs(eval_prompts_file, eval_groups_file)
+    template = load_template(template)
+    settings = {"template": template, "max_new_tokens": max_new_tokens, "judge_max_new_tokens": judge_max_new_tokens,
+                "batch_size": batch_size, "score_pattern": score_pattern, "own_samples": own_samples_n,
+                "temperature": temperature, "top_p": top_p, "seed": seed}
+    key = eval_key(model, tokenizer, eval_prompts_file, eval_groups_file, settings)
     out_dir = Path(out_dir)
     result_file = out_dir / f"{name}.json"
     if result_file.is_file():
-        return json.loads(result_file.read_text())
-    model, tokenizer = load_for_inference(model_dir, device=device)  # the dtype generation samples in
-    eval_prompts = read_jsonl(eval_prompts_file, required=("prompt",))
-    eval_groups = read_jsonl(eval_groups_file, required=("prompt", "replies", "ranks"))
-    template = load_template(template)
+        try:
+            cached = json.loads(result_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            cached = None  # a damaged result is computed again
+        if isinstance(cached, dict) and cached.get("input_hash") == key:
+            return {k: v for k, v in cached.items() if k != "input_hash"}
     with torch.no_grad():
         ift, answers = instruction_following(model, tokenizer, eval_prompts, max_new_tokens, batch_size)
         rm, judgements = reward_modelling(model, tokenizer, eval_groups, template, judge_max_new_tokens,
@@ -169,7 +201,7 @@ def evaluate_model(model_dir, name: str, out_dir, eval_prompts_file, eval_groups
     if own is not None:
         write_jsonl(out_dir / f"{name}_own_samples.jsonl", own_rows)
         result["own_samples"] = own
-    write_json(result_file, result)
+    write_json(result_file, {**result, "input_hash": key})  # last: its matching hash marks the evaluation done
     return result
 
 
@@ -179,22 +211,35 @@ def load_answers(out_dir, name: str) -> list[dict]:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="HF-format checkpoint directory (with tokenizer.model)")
+    p.add_argument("--model", required=True, help="HF-format checkpoint directory (with tokenizer.model or tokenizer.json)")
+    p.add_argument("--chat", choices=["llama2", "chatml"],
+                   help="chat format (default: the checkpoint's chat template, else llama2)")
     p.add_argument("--name", required=True, help="name of the result files, e.g. m1")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--eval-prompts", default="data/eval_prompts.jsonl")
     p.add_argument("--eval-groups", default="data/eval_groups.jsonl")
     p.add_argument("--judge-template", default="compact", help="'default', 'compact' or a template file")
+    p.add_argument("--score-pattern", default=None, help="regex with a (?P<score>...) group")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--own-samples", type=int, default=4, help="answers per prompt for the judge's AUC (0: skip)")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
-    result = evaluate_model(a.model, a.name, a.out_dir, a.eval_prompts, a.eval_groups, template=a.judge_template,
-                            max_new_tokens=a.max_new_tokens, judge_max_new_tokens=a.max_new_tokens, device=a.device,
+    from srlm.loading import load_for_inference
+
+    read_eval_inputs(a.eval_prompts, a.eval_groups)  # bad input fails before the model loads
+    load_template(a.judge_template)
+    if a.score_pattern:
+        parse_score("", a.score_pattern)
+    model, tokenizer = load_for_inference(a.model, device=a.device, chat=a.chat)  # the dtype generation samples in
+    result = evaluate_model(model, tokenizer, a.name, a.out_dir, a.eval_prompts, a.eval_groups,
+                            template=a.judge_template, max_new_tokens=a.max_new_tokens,
+                            judge_max_new_tokens=a.max_new_tokens, score_pattern=a.score_pattern,
                             own_samples_n=a.own_samples)
     print(json.dumps(result, indent=2))
     return result
 
 
 if __name__ == "__main__":
-    main()
+    from srlm.cli import run_cli
+
+    run_cli(main, "python -m srlm.evaluate")  # bad input: one line naming file, line and key; exit 2

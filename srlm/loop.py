@@ -13,6 +13,10 @@ generate.py and judge.py are thin shells over the same functions):
         M_{t+1}           = srlm.trainer.train (stage dpo)   (from M_t, which is also the reference)
     after every model: srlm/evaluate.py (instruction following + reward modelling)
 
+Each model is loaded once for sampling (srlm.loading.load_for_inference) and handed to every step
+that samples from it: its evaluation, then the next iteration's prompts, candidates and
+judgements; it is let go before training, which needs the memory.
+
 Everything lands in one run directory, a folder per iteration, so each file can be opened to see
 what the model wrote and why a pair was chosen:
 
@@ -169,19 +173,33 @@ def run(a) -> dict:
     rank, world_size, device = dist.init_distributed(a.device)
     ranks = dict(rank=rank, world_size=world_size)
 
-    def load(model_dir: Path):  # a model to sample from; M0 may keep its tokenizer elsewhere (--tokenizer)
-        return load_for_inference(model_dir, a.tokenizer if model_dir == Path(a.base_model) else None, device)
+    loaded: dict[Path, tuple] = {}  # the one model held for sampling: {directory: (model, tokenizer)}
+
+    def load(model_dir: Path):
+        """A model to sample from, loaded once and shared by every step that samples from it (its
+        evaluation, then the next iteration's prompts, candidates and judgements). One at a time;
+        `unload()` frees it before training, which needs the memory. M0 may keep its tokenizer
+        elsewhere (--tokenizer)."""
+        model_dir = Path(model_dir)
+        if model_dir not in loaded:
+            unload()
+            loaded[model_dir] = load_for_inference(model_dir, a.tokenizer if model_dir == Path(a.base_model) else None,
+                                                   device)
+        return loaded[model_dir]
+
+    def unload():
+        loaded.clear()
 
     def evaluate(model_dir: Path, name: str) -> dict:
         if a.skip_eval:
             return {}
         out = {}
         if dist.is_main():
-            out = evaluate_model(model_dir, name, run_dir / "eval", a.eval_prompts, a.eval_groups,
+            out = evaluate_model(*load(model_dir), name, run_dir / "eval", a.eval_prompts, a.eval_groups,
                                  template=s["judge_template"], max_new_tokens=s["eval_max_new_tokens"],
                                  judge_max_new_tokens=s["judge_max_new_tokens"], score_pattern=a.score_pattern,
-                                 device=a.device, own_samples_n=s["eval_own_samples"],
-                                 temperature=s["response_temperature"], top_p=s["top_p"], seed=a.seed)
+                                 own_samples_n=s["eval_own_samples"], temperature=s["response_temperature"],
+                                 top_p=s["top_p"], seed=a.seed)
         dist.barrier()
         return out
 
@@ -190,10 +208,13 @@ def run(a) -> dict:
     # tokenizer.model beside the weights' folder). SFT copies it into M1, so every later model
     # carries its own.
     m1 = run_dir / "m1"
-    step("SFT (M0 -> M1)", m1 / "metrics.jsonl", lambda: train(TrainConfig(
-        stage="sft", init=str(a.base_model), data=[str(a.ift), str(a.eft)], out=str(m1), tokenizer=a.tokenizer,
-        lr=s["sft_lr"], min_lr=s["sft_min_lr"], epochs=s["sft_epochs"], batch_size=s["sft_batch_size"],
-        dropout=s["sft_dropout"], device=a.device, seed=a.seed)))
+    def sft():
+        unload()  # training needs the memory a model held for sampling would take
+        train(TrainConfig(stage="sft", init=str(a.base_model), data=[str(a.ift), str(a.eft)], out=str(m1),
+                          tokenizer=a.tokenizer, lr=s["sft_lr"], min_lr=s["sft_min_lr"], epochs=s["sft_epochs"],
+                          batch_size=s["sft_batch_size"], dropout=s["sft_dropout"], device=a.device, seed=a.seed))
+
+    step("SFT (M0 -> M1)", m1 / "metrics.jsonl", sft)
     models = [("m1", m1)]
     results = {"m1": evaluate(m1, "m1")}
 
@@ -240,10 +261,14 @@ def run(a) -> dict:
         if n_pairs == 0:
             log(f"iteration {t}: no preference pairs were built; stopping the loop here")
             break
-        step(f"iteration {t}: DPO (M{t} -> M{t + 1})", next_model / "metrics.jsonl", lambda: train(TrainConfig(
-            stage="dpo", init=str(current), data=[str(pairs)], out=str(next_model), lr=s["dpo_lr"],
-            min_lr=s["dpo_min_lr"], epochs=s["dpo_epochs"], batch_size=s["dpo_batch_size"], beta=s["beta"],
-            dropout=0.0, device=a.device, seed=seed)))
+        def dpo():
+            unload()  # M_t is the reference: its log-probs are computed by train() itself
+            train(TrainConfig(stage="dpo", init=str(current), data=[str(pairs)], out=str(next_model),
+                              lr=s["dpo_lr"], min_lr=s["dpo_min_lr"], epochs=s["dpo_epochs"],
+                              batch_size=s["dpo_batch_size"], beta=s["beta"], dropout=0.0, device=a.device,
+                              seed=seed))
+
+        step(f"iteration {t}: DPO (M{t} -> M{t + 1})", next_model / "metrics.jsonl", dpo)
         name = f"m{t + 1}"
         models.append((name, next_model))
         results[name] = evaluate(next_model, name)

@@ -1,4 +1,4 @@
-"""Tests for srlm/loop.py and srlm/evaluate.py: the whole loop on a micro config, and kill + resume.
+"""Tests for srlm/loop.py: the whole loop on a micro config, and kill + resume.
 
 The micro base model is random (dim 32, one layer) with the built-in tokenizer; a random model
 never writes "Score: N", so these runs read the judge's score with a custom pattern (any digit
@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from srlm import loop
-from srlm.evaluate import head_to_head
 from srlm.io import read_jsonl, write_jsonl
 from srlm.checkpoint import load_model, save_model
 from srlm.model import Llama, ModelArgs
@@ -58,8 +57,12 @@ ARTIFACTS = ["iter1/prompts.jsonl", "iter1/candidates.jsonl", "iter1/judgements.
 @pytest.fixture(scope="module")
 def uninterrupted(micro):
     run_dir = micro / "run_a"
-    results = loop.main(loop_args(micro, run_dir))
-    return run_dir, results
+    loads = []  # every model the loop loads to sample from, in order
+    real = loop.load_for_inference
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(loop, "load_for_inference", lambda path, *a, **k: loads.append(Path(path)) or real(path, *a, **k))
+        results = loop.main(loop_args(micro, run_dir))
+    return run_dir, results, loads
 
 
 def weights(model_dir):
@@ -69,7 +72,7 @@ def weights(model_dir):
 
 
 def test_whole_loop_writes_every_artifact(uninterrupted):
-    run_dir, results = uninterrupted
+    run_dir, results, _ = uninterrupted
     assert set(results) == {"m1", "m2", "m3"}
     for rel in ARTIFACTS + ["m1/config.json", "iter1/model/config.json", "iter2/model/config.json",
                             "eval/m3.json", "results.json", "results.md", "settings.json"]:
@@ -117,8 +120,15 @@ def test_whole_loop_writes_every_artifact(uninterrupted):
     assert margin.mean() > 0
 
 
+def test_each_model_is_loaded_once(uninterrupted):
+    """M1 is loaded for its evaluation and kept for iteration 1's prompts, candidates and
+    judgements; M2 likewise for iteration 2; M3 only for its evaluation."""
+    run_dir, _, loads = uninterrupted
+    assert loads == [run_dir / "m1", run_dir / "iter1/model", run_dir / "iter2/model"]
+
+
 def test_rerun_of_a_finished_loop_changes_nothing(micro, uninterrupted):
-    run_dir, _ = uninterrupted
+    run_dir, _, _ = uninterrupted
     before = {rel: (run_dir / rel).read_bytes() for rel in ARTIFACTS}
     loop.main(loop_args(micro, run_dir))
     assert {rel: (run_dir / rel).read_bytes() for rel in ARTIFACTS} == before
@@ -145,7 +155,7 @@ def kill_after(monkeypatch, module, name, calls):
 def test_killed_during_generation_and_dpo_then_resumed_equals_uninterrupted(micro, uninterrupted, monkeypatch):
     from srlm import candidates
 
-    run_a, _ = uninterrupted
+    run_a, _, _ = uninterrupted
     run_b = micro / "run_b"
     args = loop_args(micro, run_b)
     # 1) killed while iteration 1 samples its candidates (after it wrote the new prompts)
@@ -175,14 +185,6 @@ def test_killed_during_generation_and_dpo_then_resumed_equals_uninterrupted(micr
     assert ra == rb
 
 
-def test_head_to_head_hand_counted():
-    a = [{"prompt": "p1", "grade": 5}, {"prompt": "p2", "grade": 2}, {"prompt": "p3", "grade": 3},
-         {"prompt": "p4", "grade": 0}]
-    b = [{"prompt": "p1", "grade": 3}, {"prompt": "p2", "grade": 2}, {"prompt": "p3", "grade": 4},
-         {"prompt": "p4", "grade": 1}]
-    assert head_to_head(a, b) == {"win": 0.25, "tie": 0.25, "loss": 0.5, "prompts": 4}
-
-
 def test_results_table_layout():
     table = loop.results_table({"m1": {"instruction_following": {"answer_correct": 0.5, "mean_grade": 2.5,
                                                                   "exact_accuracy": 0.25, "mean_response_chars": 4.0},
@@ -205,53 +207,6 @@ def test_pairs_vs_grader_hand_counted():
              {"prompt": "Tell me a joke.", "chosen": "a", "rejected": "b"}]  # not a world question
     assert loop.pairs_vs_grader(pairs) == {"right_wrong": 2, "wrong_right": 1, "both_right": 1,
                                            "both_wrong": 1, "ungraded": 1}
-
-
-def test_instruction_following_leaves_open_ended_prompts_ungraded(monkeypatch):
-    """A world prompt is graded ("8" to 3 + 5 is exact: 5; "Maybe 8?" is right but hedged: 3); an
-    open-ended one (real data) is kept ungraded and left out of the means and of head-to-head."""
-    from srlm import evaluate
-    q = "What is 3 + 5?"
-    monkeypatch.setattr(evaluate, "_greedy", lambda model, tok, prompts, n, bs: ["8", "Why did the chicken...", "Maybe 8?"])
-    prompts = [{"id": "a", "prompt": q}, {"id": "b", "prompt": "Tell me a joke."}, {"id": "c", "prompt": q}]
-    metrics, rows = evaluate.instruction_following(None, None, prompts, 8, 2)
-    # graded: "8" (right, exact, 5) and "Maybe 8?" (right, hedged, 3)
-    assert metrics["answer_correct"] == 1.0 and metrics["exact_accuracy"] == 0.5 and metrics["mean_grade"] == 4.0
-    assert metrics["graded"] == 2 and metrics["ungraded"] == 1
-    assert rows[1]["grade"] is None and rows[1]["correct"] is None and rows[1]["response"] == "Why did the chicken..."
-    other = [{"prompt": q, "grade": 2}, {"prompt": "Tell me a joke.", "grade": None}]
-    assert head_to_head(rows[:2], other) == {"win": 1.0, "tie": 0.0, "loss": 0.0, "prompts": 1}
-
-
-def test_own_samples_auc_hand_counted(monkeypatch):
-    """Two prompts, 3 samples each; the judge's scores against the grader's right/wrong:
-    prompt 1: right 5, wrong 2, wrong 5 -> pairs (5>2) win, (5=5) tie; prompt 2: all wrong, no pair.
-    AUC = (1 + 0.5) / 2 = 0.75; right over wrong 1/2; sampled answer-correct 1/6."""
-    from srlm import evaluate, sampling
-    q = "What is 3 + 5?"                   # right: 8
-    q2 = "What is 4 + 5?"                  # right: 9
-    answers = ["8", "6", "9", "4", "2", "It is 7."]
-    monkeypatch.setattr(sampling, "generate", lambda model, prompts, n, **kw: [[i] for i in range(len(prompts))])
-    judged = {"8": "Score: 5", "6": "Score: 2", "9": "Score: 5", "4": "Score: 1", "2": "Score: 4", "It is 7.": "Score: 0"}
-
-    class Tok:
-        eos_id = 2
-
-        def encode_prompt(self, text):
-            return [0]
-
-        def decode(self, ids):
-            return answers[ids[0]]
-
-    def fake_judge(model, tokenizer, **kw):
-        return lambda prompts: [judged[p.split("Answer: ")[1].split("\n")[0]] for p in prompts]
-
-    monkeypatch.setattr(evaluate, "make_model_judge", fake_judge)
-    metrics, rows = evaluate.own_samples(None, Tok(), [{"prompt": q}, {"prompt": q2}], "Q: {prompt}\nAnswer: {response}\n",
-                                         3, 0.7, 0.9, 8, 8, 4)
-    assert metrics["auc"] == 0.75 and metrics["right_over_wrong"] == 0.5 and metrics["prompts_with_both"] == 1
-    assert metrics["sampled_answer_correct"] == pytest.approx(1 / 6) and metrics["samples"] == 6
-    assert rows[0]["correct"] == [True, False, False] and rows[1]["scores"] == [1.0, 4.0, 0.0]
 
 
 def test_the_grader_never_reaches_training(micro, monkeypatch):
