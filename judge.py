@@ -17,8 +17,8 @@ differ, so greedy decoding would make K > 1 pointless), --min-valid 1 (the paper
 judgements that do not parse).
 
 Resumable: work is cut into chunks of --chunk-size candidates; each finished chunk is appended to
-`<judgements>.rank<r>.partial`; a rerun skips what is there (and a finished judgements.jsonl) and
-only rebuilds the pairs. Chunk c is sampled with seed + c, so a chunk redone after a kill gives
+`<judgements>.partial` (`.partial.rank{r}` under torchrun); a rerun skips what is there (and a
+finished judgements.jsonl) and only rebuilds the pairs. Chunk c is sampled with seed + c, so a chunk redone after a kill gives
 the same texts. Under torchrun, chunks are shared round-robin over the ranks; rank 0 merges.
 
     python judge.py --model runs/default/m1 --input iter1/candidates.jsonl \\

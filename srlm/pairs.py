@@ -23,8 +23,8 @@ differ, so greedy decoding would make K > 1 pointless), min_valid 1 (the paper d
 judgements that do not parse).
 
 Resumable: work is cut into chunks of `chunk_size` candidates; each finished chunk is appended to
-`<judgements>.rank<r>.partial`; a rerun skips what is there (and a finished judgements.jsonl) and
-only rebuilds the pairs. Chunk c is sampled with seed + c, so a chunk redone after a kill gives
+`<judgements>.partial` (`.partial.rank{r}` under torchrun: srlm.io.partial_log); a rerun skips
+what is there (and a finished judgements.jsonl) and only rebuilds the pairs. Chunk c is sampled with seed + c, so a chunk redone after a kill gives
 the same texts. Under torchrun, chunks are shared round-robin over the ranks; rank 0 merges.
 A judgement is reused only when its "input_hash" (the prompt and candidate texts, the judge
 settings, the model's weights) matches: reordered or edited candidates are judged again. An
@@ -46,8 +46,8 @@ from typing import Callable, Optional
 from tqdm import tqdm
 
 from srlm import dist
-from srlm.io import (DataError, append_jsonl, check_replace, input_hash, read_jsonl, read_jsonl_partial, write_json,
-                     write_jsonl)
+from srlm.io import (DataError, all_partial_logs, append_jsonl, check_replace, input_hash, partial_log, read_jsonl,
+                     read_jsonl_partial, write_json, write_jsonl)
 from srlm.judge import (aggregate_scores, judge_prompt, load_template, make_model_judge, pairs_from_judgements,
                         parse_score)
 from srlm.metrics import reward_model_metrics
@@ -128,10 +128,6 @@ def work_units(rows: list[dict]) -> list[tuple[str, int, str, str]]:
     return [(str(r["id"]), i, r["prompt"], c) for r in rows for i, c in enumerate(r["candidates"])]
 
 
-def partial_logs(judgements: Path) -> list[Path]:
-    return sorted(judgements.parent.glob(f"{judgements.name}.rank*.partial"))
-
-
 def _reusable(rows, want: dict) -> dict:
     """(id, candidate index) -> row, for the rows whose input_hash is the one wanted now."""
     out = {}
@@ -164,14 +160,14 @@ def judge_candidates(rows: list[dict], judge_fn: Callable, judgements: str | Pat
             for rid, idx, prompt, cand in units}
     if rank == 0:
         check_replace(judgements, len(units), overwrite, what="judgement rows")  # before any work
-    old_rows = [r for log in partial_logs(judgements) for r in read_jsonl_partial(log)]
+    old_rows = [r for log in all_partial_logs(judgements) for r in read_jsonl_partial(log)]
     if judgements.is_file():
         old_rows += read_jsonl(judgements)
     done = set(_reusable(old_rows, want))
     chunks = [units[i:i + chunk_size] for i in range(0, len(units), chunk_size)]
     mine = [(c, chunk) for c, chunk in enumerate(chunks)
             if c % world_size == rank and any((u[0], u[1]) not in done for u in chunk)]
-    log = judgements.parent / f"{judgements.name}.rank{rank}.partial"
+    log = partial_log(judgements, rank, world_size)
     if progress and rank == 0 and mine:
         mine = tqdm(mine, desc=f"judging x{k}", unit="chunk")
     for c, chunk in mine:
@@ -187,7 +183,7 @@ def judge_candidates(rows: list[dict], judge_fn: Callable, judgements: str | Pat
     dist.barrier()
     result = None
     if rank == 0:
-        by_key = _reusable([r for path in partial_logs(judgements) for r in read_jsonl_partial(path)]
+        by_key = _reusable([r for path in all_partial_logs(judgements) for r in read_jsonl_partial(path)]
                            + (read_jsonl(judgements) if judgements.is_file() else []), want)
         missing = [u[:2] for u in units if u[:2] not in by_key]
         if missing:
@@ -196,7 +192,7 @@ def judge_candidates(rows: list[dict], judge_fn: Callable, judgements: str | Pat
         for r in result:   # --min-valid may differ from the run that wrote a row
             r["mean_score"] = aggregate_scores(r["scores"], min_valid)
         write_jsonl(judgements, result)
-        for path in partial_logs(judgements):
+        for path in all_partial_logs(judgements):
             path.unlink()
     dist.barrier()
     return result

@@ -7,8 +7,12 @@ training and stores the two sums per pair in DIR.train/ref_logps.jsonl:
     {"meta": {"start_model", "data", "dtype"}}                      first line: what they belong to
     {"index": i, "ref_chosen_logps": float, "ref_rejected_logps": float}   one line per pair
 
-The file is a resumable log (a kill loses at most the batch being written) and is recomputed when
-its first line does not match the data and model. The loss itself is srlm/dpo.py.
+The file is a resumable log (srlm.io.append_jsonl / read_jsonl_partial: a kill loses at most the
+batch being written) and is recomputed when its first line does not match the data and model.
+One "meta" line instead of an input_hash on every row (as the loop's other logs have): every
+pair's reference depends on the same two things, the starting model and the whole tokenized data
+set (pairs are numbered by their place in it), so the file is valid or stale as a whole.
+The loss itself is srlm/dpo.py.
 """
 from __future__ import annotations
 

@@ -27,8 +27,6 @@ a no-op. A killed run started again with the same command continues from DIR.tra
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import shutil
 import time
@@ -45,7 +43,7 @@ from srlm.checkpoint import save_hf
 from srlm.data import TruncationStats, batch_indices, collate, load_rows, tokenize
 from srlm.dpo import dpo_loss
 from srlm.fsdp import build_model, build_sharded_model, enable_activation_checkpointing, full_model_state, set_grad_sync
-from srlm.io import DataError, append_jsonl, read_jsonl_partial, write_jsonl
+from srlm.io import DataError, append_jsonl, input_hash, read_jsonl_partial, write_jsonl
 from srlm.loading import parse_dtype
 from srlm.logprobs import LogprobModel
 from srlm.reference import pair_logps, reference_logps
@@ -80,11 +78,6 @@ def total_steps_for(cfg: TrainConfig, n_examples: int) -> int:
 
 def micro_batches(items: list, size: int) -> list[list]:
     return [items[i: i + size] for i in range(0, len(items), size)]
-
-
-def fingerprint(obj) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,7 +217,7 @@ def setup(cfg: TrainConfig, work: Path, rank: int, world: int, device: torch.dev
 
     if cfg.stage == "dpo":
         meta = {"start_model": str(Path(cfg.init).resolve()) if cfg.init else cfg.model_config,
-                "data": fingerprint([[e["chosen_tokens"], e["rejected_tokens"]] for e in examples]),
+                "data": input_hash([[e["chosen_tokens"], e["rejected_tokens"]] for e in examples]),
                 "dtype": str(dtype)}
         # On resume the model in memory is the trained one, not the reference: never compute with it.
         reference_logps(wrapped, examples, work / "ref_logps.jsonl", meta, cfg.micro_batch_size,
@@ -241,7 +234,10 @@ def setup(cfg: TrainConfig, work: Path, rank: int, world: int, device: torch.dev
     if resuming:
         start = load_training_state(ckpt_dir, wrapped, optimizer, device)
         log(f"resuming from {ckpt_dir} at step {start}/{total}")
-        if sdist.is_main():  # drop log lines of steps that the resumed run will redo
+        # metrics.jsonl is a resumable log keyed by step, not by input_hash: check_resume_config has
+        # already refused other settings, so every line is this run's; lines of steps after the
+        # saved state are dropped, since the resumed run logs them again.
+        if sdist.is_main():
             write_jsonl(metrics_path, [r for r in read_jsonl_partial(metrics_path) if r.get("step", 0) <= start])
     else:
         torch.manual_seed(cfg.seed + rank)  # dropout streams, different per rank

@@ -64,7 +64,7 @@ def test_judge_candidates_resumes_after_a_kill(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         judge_candidates(CANDIDATES, dies_on_second_chunk, out, k=1, template=COMPACT_TEMPLATE,
                                chunk_size=3, progress=False)
-    assert not out.exists() and len(read_jsonl(tmp_path / "judgements.jsonl.rank0.partial")) == 3
+    assert not out.exists() and len(read_jsonl(tmp_path / "judgements.jsonl.partial")) == 3
     calls.clear()
     rows = judge_candidates(CANDIDATES, inner, out, k=1, template=COMPACT_TEMPLATE,
                                   chunk_size=3, progress=False)
