@@ -29,14 +29,17 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Optional
 
 import torch
 
 from srlm import dist
 from srlm.candidates import CandidateSettings, read_prompt_rows, write_candidates
+from srlm.io import DataError
 from srlm.loading import DTYPES, load_for_inference
 from srlm.prompts import SelfInstructSettings, read_prompt_pool, write_prompts
+from srlm.sampling import check_sampling
 
 TASK_DEFAULTS = {  # paper settings per task; flags override them
     "responses": dict(temperature=0.7, top_p=0.9, max_new_tokens=512),
@@ -95,7 +98,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> Optional[dict]:
     a = parse_args(argv)
-    if a.task == "responses":  # bad input fails here, before a model is loaded or a file written
+    check_sampling(a.temperature, a.top_p, a.top_k)  # bad input fails here, before a model is loaded or a file written
+    if Path(a.output).is_dir():
+        raise DataError(f"{a.output}: --output must be a file (JSONL), this is a folder")
+    if a.task == "responses":
         read_prompt_rows(a.input)
     else:
         read_prompt_pool(a.seed_pool)

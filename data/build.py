@@ -38,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-from srlm.io import write_json, write_jsonl
+from srlm.io import DataError, write_json, write_jsonl
 from srlm.judge import COMPACT_TEMPLATE, judge_prompt
 from srlm.self_instruct import build_few_shot_prompt
 from srlm.world import (FAMILY_NAMES, LETTERS, WORDS, Task, crossed_replies, grade, judgement_text,
@@ -312,6 +312,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-model", action="store_true", help="write the text files and tokenizer only")
     args = p.parse_args(argv)
 
+    if args.out.exists() and not args.out.is_dir():
+        raise DataError(f"{args.out}: --out must be a folder (or not exist yet); this is a file")
+    if args.vocab_size < 64 or args.pretrain_steps < 1 or not args.pretrain_lr > 0:
+        raise ValueError("--vocab-size must be >= 64, --pretrain-steps >= 1 and --pretrain-lr > 0")
     t0 = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
     files = build_text(seed=args.seed)
@@ -331,4 +335,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from srlm.cli import run_cli
+
+    run_cli(main, "python -m data.build")  # bad input: one line, exit 2

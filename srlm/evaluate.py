@@ -226,6 +226,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     from srlm.loading import load_for_inference
 
+    if Path(a.out_dir).exists() and not Path(a.out_dir).is_dir():
+        raise DataError(f"{a.out_dir}: --out-dir must be a folder (or not exist yet); this is a file")
     read_eval_inputs(a.eval_prompts, a.eval_groups)  # bad input fails before the model loads
     load_template(a.judge_template)
     if a.score_pattern:

@@ -13,6 +13,7 @@ that rank 0 initialises or reads. On GPU, bf16 mixed precision keeps fp32 master
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +29,25 @@ from srlm.tokenizer import Tokenizer
 from srlm.train_config import TrainConfig
 
 
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# What a ModelArgs field (by its annotation) may hold in a --model-config JSON file, and the words for the error.
+_FIELD_CHECKS = {
+    "int": (_positive_int, "a positive integer"),
+    "Optional[int]": (lambda v: v is None or _positive_int(v), "a positive integer or null"),
+    "float": (_number, "a number"),
+    "Optional[float]": (lambda v: v is None or _number(v), "a number or null"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
 def fresh_model_args(spec: str, tokenizer: Tokenizer, overrides: dict) -> ModelArgs:
     """ModelArgs from a preset name (vocab_size follows the tokenizer) or a JSON file of fields."""
     path = Path(spec)
@@ -38,11 +58,20 @@ def fresh_model_args(spec: str, tokenizer: Tokenizer, overrides: dict) -> ModelA
             raise DataError(f"{path}: model config file not found") from None
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: malformed JSON ({e})") from None
+        if not isinstance(fields, dict):
+            raise DataError(f"{path}: expected a JSON object of ModelArgs fields, got {type(fields).__name__}")
         known = set(ModelArgs.__dataclass_fields__)
         unknown = sorted(set(fields) - known)
         if unknown:
             raise DataError(f"{path}: unknown ModelArgs field(s) {unknown}")
-        args = ModelArgs(**{**fields, **overrides})
+        for key, value in fields.items():  # a wrong type is named here, not deep inside ModelArgs' arithmetic
+            ok, words = _FIELD_CHECKS[ModelArgs.__dataclass_fields__[key].type]
+            if not ok(value):
+                raise DataError(f"{path}: key {key!r} must be {words}, got {json.dumps(value)}")
+        try:
+            args = ModelArgs(**{**fields, **overrides})
+        except ValueError as e:  # inconsistent sizes (dim not divisible by n_heads, ...)
+            raise DataError(f"{path}: {e}") from None
         if args.vocab_size < tokenizer.vocab_size:
             raise DataError(f"{path}: vocab_size={args.vocab_size} is smaller than the tokenizer's "
                             f"{tokenizer.vocab_size}")

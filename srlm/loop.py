@@ -49,7 +49,7 @@ from pathlib import Path
 from srlm import dist
 from srlm.candidates import CandidateSettings, write_candidates
 from srlm.evaluate import evaluate_model, head_to_head, load_answers
-from srlm.io import atomic_write_text, check_settings, file_hash, read_jsonl, write_json, write_jsonl
+from srlm.io import DataError, atomic_write_text, check_settings, file_hash, read_jsonl, write_json, write_jsonl
 from srlm.loading import load_for_inference
 from srlm.pairs import JudgeSettings, write_pairs
 from srlm.prompts import SelfInstructSettings, write_prompts
@@ -138,6 +138,26 @@ def check_inputs(a, s: dict) -> dict:
     from srlm.prompts import read_prompt_pool
     from srlm.tokenizer import load_tokenizer
 
+    run_dir = Path(a.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DataError(f"{run_dir}: --run-dir must be a folder (or not exist yet); this is a file")
+    counts = ("num_prompts", "n_candidates", "n_judgements", "max_new_tokens", "judge_max_new_tokens",
+              "prompt_max_new_tokens", "eval_max_new_tokens", "sft_batch_size", "dpo_batch_size")
+    for key in counts:
+        if s[key] < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {s[key]}")
+    for key in ("sft_epochs", "dpo_epochs", "sft_lr", "dpo_lr", "beta"):
+        if not s[key] > 0:
+            raise ValueError(f"--{key.replace('_', '-')} must be > 0, got {s[key]}")
+    if s["eval_own_samples"] < 0 or a.iterations < 0:
+        raise ValueError("--eval-own-samples and --iterations must be >= 0")
+    if not 0 < s["similarity_threshold"] <= 1:
+        raise ValueError(f"--similarity-threshold must be in (0, 1], got {s['similarity_threshold']}")
+    for key in ("prompt_temperature", "response_temperature", "judge_temperature"):
+        if not s[key] >= 0:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 0, got {s[key]}")
+    if not 0 < s["top_p"] <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {s['top_p']}")
     base = Path(a.base_model)
     if not base.is_dir():
         raise CheckpointError(f"{base}: --base-model directory not found")

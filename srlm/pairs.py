@@ -68,9 +68,15 @@ class JudgeSettings:
 
     def check(self) -> str:
         """Fail on bad settings before a model is loaded; returns the template text."""
+        from srlm.sampling import check_sampling
+
         template = load_template(self.template)
         if self.score_pattern:
             parse_score("", self.score_pattern)
+        check_sampling(self.temperature, self.top_p)
+        for name in ("k", "max_new_tokens", "batch_size", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.min_valid < 1 or self.min_valid > self.k:
             raise ValueError(f"--min-valid must be in [1, --k={self.k}], got {self.min_valid}")
         return template

@@ -17,6 +17,8 @@ import json
 import math
 from pathlib import Path
 
+from srlm.io import DataError
+
 # (label, path into results.json per model, percent?)
 METRICS = (
     ("answer-correct", ("instruction_following", "answer_correct"), True),
@@ -56,12 +58,24 @@ def gain_verdict(first: list[float], last: list[float]) -> dict:
 
 
 def load_runs(run_dirs: list[Path]) -> list[dict]:
+    """Each run's results.json ({model name: results}), checked; a bad one is a DataError naming it."""
     runs = []
     for d in run_dirs:
         f = Path(d) / "results.json"
         if not f.is_file():
-            raise SystemExit(f"{f}: no results.json (has the loop finished in {d}?)")
-        runs.append(json.loads(f.read_text()))
+            raise DataError(f"{f}: no results.json (has the loop finished in {d}?)")
+        try:
+            result = json.loads(f.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{f}: malformed JSON ({e})") from None
+        if not isinstance(result, dict) or not result:
+            raise DataError(f"{f}: expected a JSON object of results per model (written by python -m srlm.loop)")
+        for name, value in result.items():
+            if not isinstance(value, dict):
+                raise DataError(f"{f}: key {name!r} must be an object of results, got {type(value).__name__}")
+        runs.append(result)
+    if not [m for m in runs[0] if all(m in r for r in runs)]:
+        raise DataError(f"no model is in every run's results.json ({', '.join(map(str, run_dirs))})")
     return runs
 
 
@@ -110,4 +124,6 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from srlm.cli import run_cli
+
+    run_cli(main, "python -m srlm.report")  # bad input: one line naming the file, exit 2

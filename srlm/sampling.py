@@ -305,6 +305,17 @@ def generate_batch(model, prompt_tokens: list[list[int]], max_new_tokens: int, *
 # ----------------------------------------------------------------------------- entry point
 
 
+def check_sampling(temperature: float, top_p: float, top_k: int = 0) -> None:
+    """ValueError naming the sampling setting out of range (the CLIs check their flags with this
+    before a model is loaded)."""
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+
+
 def _check_inputs(model, prompt_tokens, max_new_tokens, temperature, top_p, top_k, stop_strings, tokenizer):
     if not isinstance(prompt_tokens, (list, tuple)):
         raise TypeError("prompt_tokens must be a list of token-id lists")
@@ -320,12 +331,7 @@ def _check_inputs(model, prompt_tokens, max_new_tokens, temperature, top_p, top_
             raise ValueError(f"prompt {i} has token ids outside [0, {vocab}): {bad[:5]}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    check_sampling(temperature, top_p, top_k)
     if stop_strings and tokenizer is None:
         raise ValueError("stop_strings need a tokenizer to decode the generated text")
 

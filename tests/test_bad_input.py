@@ -1,4 +1,6 @@
-"""Bad input and kills, as a user meets them: every command line, run in-process.
+"""Bad input and kills, as a user meets them: every command line, run in-process (generate.py,
+judge.py, train.py, python -m srlm.loop / srlm.oasst / srlm.evaluate / srlm.report / srlm.smollm2
+/ data.build).
 
 Each case runs a CLI through srlm.cli.run_cli (what `python generate.py ...` does) and checks
 the exit code (2), the one line on stderr (file, line, key) and that the earlier output is
@@ -241,3 +243,134 @@ def test_loop_refuses_a_run_directory_with_other_settings(tmp_path, capsys, monk
     assert (run_dir / "settings.json").read_bytes() == recorded
     with pytest.raises(Stop):  # where it runs and how far it goes may change
         loop.main([str(a) for a in loop_args(run_dir)] + ["--iterations", "3"])
+
+
+def test_loop_refuses_bad_settings_and_a_run_dir_that_is_a_file(tmp_path, capsys):
+    if not (DATA / "m0" / "config.json").is_file():
+        pytest.skip("data/ has not been built")
+    run_dir = tmp_path / "run"
+    for extra, message in [(["--n-candidates", "0"], "--n-candidates must be >= 1, got 0"),
+                           (["--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5"),
+                           (["--judge-temperature", "-1"], "--judge-temperature must be >= 0, got -1.0"),
+                           (["--similarity-threshold", "0"], "--similarity-threshold must be in (0, 1], got 0.0")]:
+        assert message in fails(capsys, loop.main, "python -m srlm.loop", loop_args(run_dir, *extra))
+    assert not run_dir.exists()
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    line = fails(capsys, loop.main, "python -m srlm.loop", loop_args(taken))
+    assert "taken: --run-dir must be a folder (or not exist yet); this is a file" in line
+    assert taken.read_text() == "mine"
+
+
+# ---- sampling settings and output paths: refused before a model is loaded ----
+def test_generate_and_judge_refuse_sampling_settings_before_loading(tmp_path, capsys):
+    nowhere = tmp_path / "no_model"  # never reached: the settings are checked first
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, PROMPTS)
+    line = fails(capsys, generate.main, "generate.py", responses(nowhere, prompts, tmp_path / "c.jsonl",
+                                                                 "--temperature", "-1"))
+    assert "temperature must be >= 0, got -1.0" in line
+    line = fails(capsys, generate.main, "generate.py", responses(nowhere, prompts, tmp_path / "c.jsonl", "--top-p", "0"))
+    assert "top_p must be in (0, 1], got 0.0" in line
+    line = fails(capsys, generate.main, "generate.py", responses(nowhere, prompts, tmp_path))
+    assert "--output must be a file (JSONL), this is a folder" in line
+    for extra, message in [(["--top-p", "2"], "top_p must be in (0, 1], got 2.0"),
+                           (["--k", "0"], "--k must be >= 1, got 0"),
+                           (["--chunk-size", "0"], "--chunk-size must be >= 1, got 0")]:
+        assert message in fails(capsys, judge.main, "judge.py", ["--model", nowhere, "--input", prompts, *extra])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.jsonl"]
+
+
+# ---- train.py ----
+def test_train_model_config_and_tokenizer_problems_are_one_line(tmp_path, capsys):
+    import train
+
+    data = tmp_path / "text.jsonl"
+    write_jsonl(data, [{"text": "one two three"}])
+    config = tmp_path / "m.json"
+    out = tmp_path / "out"
+
+    def argv(*extra):
+        return ["--stage", "pretrain", "--model-config", config, "--data", data, "--out", out, "--device", "cpu",
+                "--no-progress", *extra]
+
+    for content, message in [('{"dim": "128"}', "m.json: key 'dim' must be a positive integer, got \"128\""),
+                             ("[64, 2]", "m.json: expected a JSON object of ModelArgs fields, got list"),
+                             ('{"dim": 30, "n_heads": 4}', "m.json: dim=30 is not divisible by n_heads=4")]:
+        config.write_text(content)
+        line = fails(capsys, train.main, "train.py", argv("--tokenizer", DATA / "tokenizer.model"))
+        assert message in line, line
+    line = fails(capsys, train.main, "train.py", argv("--tokenizer", tmp_path / "missing.model"))
+    assert "missing.model: tokenizer file not found" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "text.jsonl"]  # no out/, no out.train/
+
+
+# ---- python -m srlm.oasst ----
+def test_oasst_checks_trees_and_judge_model_before_writing(tmp_path, capsys):
+    from srlm import oasst
+
+    trees = shared_file("oasst1_en_100_trees.jsonl")
+    out = tmp_path / "out"
+    line = fails(capsys, oasst.main, "python -m srlm.oasst",
+                 ["--trees", trees, "--out-dir", out, "--judge-model", tmp_path / "nope"])
+    assert "nope: model directory not found" in line
+    line = fails(capsys, oasst.main, "python -m srlm.oasst",
+                 ["--trees", trees, "--out-dir", out, "--judge-model", tmp_path, "--template", tmp_path / "t.txt"])
+    assert "t.txt: judge template file not found" in line
+    bad = tmp_path / "trees.jsonl"
+    bad.write_bytes(trees.read_bytes().splitlines(keepends=True)[0] + b'{"message_tree_id": "x", "prompt": 7}\n')
+    line = fails(capsys, oasst.main, "python -m srlm.oasst", ["--trees", bad, "--out-dir", out])
+    assert "trees.jsonl:2: expected a tree object with a 'prompt' message" in line
+    line = fails(capsys, oasst.main, "python -m srlm.oasst", ["--trees", trees, "--out-dir", out, "--eval-fraction", "2"])
+    assert "--eval-fraction must be in [0, 1], got 2.0" in line
+    assert not out.exists()
+
+
+# ---- python -m srlm.evaluate ----
+def test_evaluate_checks_its_files_before_loading_the_model(model_dir, tmp_path, capsys):
+    from srlm import evaluate
+
+    groups = tmp_path / "groups.jsonl"
+    groups.write_text('{"prompt": "q", "replies": ["a", "b"], "ranks": [1]}\n')
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, PROMPTS)
+    out = tmp_path / "eval"
+    argv = ["--model", tmp_path / "no_model", "--name", "m", "--out-dir", out, "--eval-prompts", prompts]
+    line = fails(capsys, evaluate.main, "python -m srlm.evaluate", argv + ["--eval-groups", groups])
+    assert "groups.jsonl:1: key 'ranks' has 1 ranks for 2 replies" in line
+    prompts.write_text('{"prompt": "ok"}\n{"prompt": ["not", "text"]}\n')
+    line = fails(capsys, evaluate.main, "python -m srlm.evaluate", argv + ["--eval-groups", DATA / "eval_groups.jsonl"])
+    assert "prompts.jsonl:2: key 'prompt' must be a string, got list" in line
+    write_jsonl(prompts, PROMPTS)
+    line = fails(capsys, evaluate.main, "python -m srlm.evaluate", argv + ["--eval-groups", DATA / "eval_groups.jsonl"])
+    assert "no_model: model directory not found" in line
+    assert not out.exists()
+
+
+# ---- python -m srlm.report, python -m srlm.smollm2, python -m data.build ----
+def test_report_names_the_results_file_at_fault(tmp_path, capsys):
+    from srlm import report
+
+    for name, content, message in [("torn", '{"m1": {', "results.json: malformed JSON"),
+                                   ("listed", "[1, 2]", "results.json: expected a JSON object of results per model"),
+                                   ("flat", '{"m1": 0.5}', "results.json: key 'm1' must be an object of results, got float")]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(content)
+        assert message in fails(capsys, report.main, "python -m srlm.report", [tmp_path / name])
+
+
+def test_smollm2_and_data_build_never_replace_what_is_not_theirs(tmp_path, capsys):
+    from data import build
+    from srlm import smollm2
+
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "todo.txt").write_text("keep")
+    line = fails(capsys, smollm2.main, "python -m srlm.smollm2", ["--out", mine])
+    assert "notes: --out exists and is not a checkpoint folder" in line
+    assert (mine / "todo.txt").read_text() == "keep"
+    afile = tmp_path / "file"
+    afile.write_text("keep")
+    line = fails(capsys, build.main, "python -m data.build", ["--out", afile, "--skip-model"])
+    assert "file: --out must be a folder (or not exist yet); this is a file" in line
+    assert afile.read_text() == "keep"

@@ -8,6 +8,7 @@ import math
 import pytest
 
 from srlm import report
+from srlm.io import DataError
 
 
 def test_mean_std_hand_computed():
@@ -48,5 +49,5 @@ def test_seeds_table_from_results_files(tmp_path):
     flat = next(line for line in table.splitlines() if line.startswith("| judge AUC"))
     assert flat.endswith("| no |")                                   # 0.6 -> 0.6: no gain
     assert "| into M3 | 15 | 3 | 6 | 0 | 9 |" in table
-    with pytest.raises(SystemExit):
+    with pytest.raises(DataError, match=r"missing/results\.json: no results\.json"):
         report.main([str(tmp_path / "missing")])

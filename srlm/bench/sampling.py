@@ -201,4 +201,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from srlm.cli import run_cli
+
+    run_cli(main, "python -m srlm.bench.sampling")  # a bad --model: one line, exit 2

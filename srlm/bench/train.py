@@ -30,10 +30,10 @@ import statistics
 import time
 
 import torch
-import torch.distributed as dist
 
 from srlm import dist as sdist
 from srlm.io import append_jsonl
+from srlm.loading import default_dtype, parse_dtype
 from srlm.logprobs import LogprobModel
 from srlm.model import Llama, ModelArgs
 from srlm.fsdp import shard_model
@@ -81,7 +81,7 @@ def build_step(a, config: str, stage: str, variant: str, rank: int, world: int, 
     attn = "triton" if (variant == "kernels" and on_gpu) else "sdpa"
     logprob_impl = "torch" if variant == "plain" else ("triton" if on_gpu else "chunked")
     args = ModelArgs.preset(spec.pop("preset"), **spec, attn_impl=attn)
-    dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
+    dtype = parse_dtype(a.dtype, device)
     torch.manual_seed(0)
     model = Llama(args)
     n_params = model.num_params()
@@ -174,7 +174,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--out", default=None, help="append results as JSON lines here")
     a = p.parse_args(argv)
     rank, world, device = sdist.init_distributed(a.device)
-    a.dtype = a.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    a.dtype = a.dtype or {torch.bfloat16: "bf16", torch.float32: "fp32"}[default_dtype(device)]  # named in the table
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     if sdist.is_main():
         print(f"# {machine}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, world size {world}")
@@ -203,8 +203,6 @@ def print_row(row: dict, header: bool) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    from srlm.cli import run_cli
+
+    run_cli(main, "python -m srlm.bench.train")  # bad input: one line, exit 2; ends the process group
