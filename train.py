@@ -21,7 +21,7 @@ from dataclasses import fields
 from srlm.trainer import TrainConfig, train
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--stage", required=True, choices=["pretrain", "sft", "dpo"])
@@ -68,7 +68,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="continue from DIR.train/checkpoint when it exists")
     r.add_argument("--stop-after-steps", type=int, help=argparse.SUPPRESS)  # test hook: save and stop here
     r.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
