@@ -1,4 +1,5 @@
 """train.py / srlm/trainer.py end to end on a tiny model: SFT, DPO, resume, torchrun parity, bad input.
+(The trainer's pieces on hand-written numbers: tests/test_trainer.py.)
 
 Run: python -m pytest -q tests/test_train.py
 (The torchrun tests start two CPU processes with the gloo backend; about 10 s each on 2 cores.)
@@ -20,7 +21,7 @@ from srlm.checkpoint import load_model, save_hf
 from srlm.io import DataError, read_jsonl
 from srlm.logprobs import sequence_logprobs
 from srlm.model import Llama, ModelArgs
-from srlm.trainer import TrainingError, lr_at
+from srlm.trainer import TrainingError
 
 QA = [("What is 2 + 2?", "4"), ("Name a colour.", "Blue."), ("Say hi.", "Hi there!"),
       ("Capital of France?", "Paris."), ("Opposite of hot?", "Cold."), ("Spell cat.", "C A T."),
@@ -61,13 +62,6 @@ def common(setup, stage, out, *extra):
     return ["--stage", stage, "--init", str(setup / "m0"), "--data", str(data), "--out", str(out),
             "--lr", "1e-3", "--min-lr", "1e-4", "--warmup-steps", "0", "--batch-size", "4",
             "--micro-batch-size", "2", "--device", "cpu", "--no-progress", *extra]
-
-
-def test_lr_schedule_hand_computed():
-    """lr 1.0 -> min 0.1 over 6 steps with 2 warmup steps: warmup 0.5, 1.0; then linear decay over
-    the remaining 4 steps, (step - 2) / 3 of the way: 1.0, 0.7, 0.4, 0.1."""
-    got = [lr_at(s, 6, 1.0, 0.1, 2) for s in range(6)]
-    assert got == pytest.approx([0.5, 1.0, 1.0, 0.7, 0.4, 0.1])
 
 
 def test_sft_writes_checkpoint_and_rerun_is_noop(setup):
