@@ -290,15 +290,6 @@ def split(trees: str | Path, *, eval_fraction: float = 0.25, include_synthetic: 
     return {"files": files, "train": train, "stats": stats}
 
 
-def prepare(trees: str | Path, out_dir: str | Path, *, eval_fraction: float = 0.25,
-            include_synthetic: bool = False) -> tuple[list[dict], dict]:
-    """Write ift.jsonl, train_groups.jsonl, eval_groups.jsonl; return (train groups, stats)."""
-    parts = split(trees, eval_fraction=eval_fraction, include_synthetic=include_synthetic)
-    for name, rows in parts["files"].items():
-        write_jsonl(Path(out_dir) / name, rows)
-    return parts["train"], parts["stats"]
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

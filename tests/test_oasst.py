@@ -10,7 +10,7 @@ import pytest
 from conftest import shared_file, small_tokenizer
 from srlm.io import DataError, read_jsonl
 from srlm.judge import COMPACT_TEMPLATE
-from srlm.oasst import (build_eft, first_turn_groups, is_eval_tree, iter_trees, main, prepare,
+from srlm.oasst import (build_eft, first_turn_groups, is_eval_tree, iter_trees, main,
                         rebalance_by_score, scores_agree)
 
 SAMPLE = "oasst1_en_100_trees.jsonl"
@@ -39,7 +39,8 @@ def _independent_counts(path, include_synthetic):
 def test_sample_counts_match_an_independent_count(tmp_path, include_synthetic):
     path = shared_file(SAMPLE)
     ift, n_groups = _independent_counts(path, include_synthetic)
-    _, stats = prepare(path, tmp_path, eval_fraction=0.0, include_synthetic=include_synthetic)
+    stats = main(["--trees", str(path), "--out-dir", str(tmp_path), "--eval-fraction", "0"]
+                 + (["--include-synthetic"] if include_synthetic else []))
     rows = read_jsonl(tmp_path / "ift.jsonl", required=("id", "prompt", "response"))
     assert [(r["prompt"], r["response"]) for r in rows] == ift
     groups = read_jsonl(tmp_path / "train_groups.jsonl", required=("prompt", "replies", "ranks"))
@@ -116,7 +117,7 @@ def test_skips_deleted_failed_review_non_english_synthetic_and_unranked(tmp_path
     assert stats["replies_skipped_unranked"] == 1 and stats["replies_skipped_not_english"] == 1
     assert stats["replies_skipped_synthetic"] == 1
     assert stats["prompts_skipped_deleted"] == 1 and stats["prompts_skipped_not_english"] == 1
-    _, stats = prepare(tmp_path / "t.jsonl", tmp_path / "out", eval_fraction=0.0)
+    stats = main(["--trees", str(tmp_path / "t.jsonl"), "--out-dir", str(tmp_path / "out"), "--eval-fraction", "0"])
     assert read_jsonl(tmp_path / "out" / "ift.jsonl") == [{"id": "a4", "prompt": "Q4", "response": "best"}]
     assert stats["train_groups"] == 2
     groups, _ = first_turn_groups(tmp_path / "t.jsonl", include_synthetic=True)
