@@ -36,6 +36,7 @@ import time
 import torch
 
 from srlm.io import append_jsonl
+from srlm.loading import parse_dtype
 from srlm.checkpoint import save_model
 from srlm.model import Llama, ModelArgs
 from srlm.sampling import generate
@@ -46,7 +47,6 @@ CONFIGS = {
                  multiple_of=256, max_seq_len=1024),  # ~106M parameters, Llama-2 vocabulary
     "llama2-7b": dict(preset="llama2-7b", max_seq_len=2048),
 }
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def build_model(config: str, dtype, device) -> Llama:
@@ -145,7 +145,8 @@ def main(argv=None):
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="the same for both sides (default float32, comparable on any device)")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     p.add_argument("--compile", action="store_true", help="also time generate(..., compile=True)")
     p.add_argument("--peak-bandwidth-gbs", type=float, help="device memory bandwidth (H100 SXM: 3350 GB/s)")
@@ -153,7 +154,7 @@ def main(argv=None):
     p.add_argument("--out", default="bench_sampling.jsonl", help="JSON lines of results (appended)")
     args = p.parse_args(argv)
 
-    dtype = DTYPES[args.dtype]
+    dtype = parse_dtype(args.dtype, args.device)
     configs = [args.model] if args.model else args.config
     if args.threads:
         torch.set_num_threads(args.threads)
