@@ -224,7 +224,9 @@ def build_eft(groups: Sequence[dict], judge_fn: Callable[[list[str]], list[str]]
     With `log_path`, judgements are appended there as {"reply_id", "judgement", "input_hash"}
     after each batch and reused on the next run (resume; also lets you inspect every raw
     judgement). A logged judgement is reused only when its input_hash (the judge prompt and
-    `context`: the judge model and its sampling settings) is the one it would get now.
+    `context`: the judge model and its sampling settings) is the one it would get now. Unlike
+    the loop's `<output>.partial` logs (srlm.io.partial_log), removed once their output is
+    written, this log is kept: it is the one record of the judgements EFT did not keep.
     """
     ranked = [g for g in groups if len(set(g["ranks"])) >= 2]
     items = [(rid, judge_prompt(g["prompt"], reply, template))
