@@ -31,6 +31,9 @@ Decisions:
     python -m srlm.oasst --trees ../shared/data/oasst1_en_100_trees.jsonl --out-dir out/oasst \\
         [--judge-model out/sft_baseline] [--eval-fraction 0.25] [--include-synthetic]
 
+Everything (trees, template, judge model) is checked before a file is written, and an output is
+never replaced by one with fewer rows (other trees, a lower --eval-fraction) without --overwrite.
+
 Tests: `python -m pytest -q tests/test_oasst.py`.
 """
 from __future__ import annotations
@@ -44,7 +47,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from srlm.io import DataError, append_jsonl, input_hash, read_jsonl_partial, write_json, write_jsonl
+from srlm.io import DataError, append_jsonl, check_replace, input_hash, read_jsonl_partial, write_json, write_jsonl
 from srlm.judge import judge_prompt, load_template, parse_score, truncate_after_score
 
 ROLES = ("prompter", "assistant")
@@ -318,6 +321,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                     help="default: bfloat16 on GPU, float32 on CPU (as generate.py and judge.py)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace outputs even with fewer rows than they hold (other trees, a lower --eval-fraction)")
     args = ap.parse_args(argv)
 
     # Everything is read and checked (trees, template, pattern, the judge model) before a file is written.
@@ -343,15 +348,19 @@ def main(argv: list[str] | None = None) -> dict:
         # what a logged judgement depends on besides its judge prompt (resume key, srlm.io.input_hash)
         context = {"model": model_id(model, tok), "temperature": args.temperature, "top_p": args.top_p,
                    "max_new_tokens": args.max_new_tokens, "seed": args.seed}
-    for name, rows in parts["files"].items():
-        write_jsonl(out_dir / name, rows)
+    files = dict(parts["files"])
+    for name, rows in files.items():  # fewer rows than an earlier output (other trees?): refuse before any work
+        check_replace(out_dir / name, len(rows), args.overwrite)
     if judge_fn is not None:
         eft, eft_stats = build_eft(parts["train"], judge_fn, template=template, pattern=args.score_pattern,
                                    strict=args.strict, max_ratio=args.max_ratio, seed=args.seed,
                                    batch_size=args.batch_size, log_path=out_dir / "eft_judgements.jsonl",
                                    context=context, progress=True)
-        write_jsonl(out_dir / "eft.jsonl", eft)
+        check_replace(out_dir / "eft.jsonl", len(eft), args.overwrite)
+        files["eft.jsonl"] = eft
         stats.update(eft_stats)
+    for name, rows in files.items():
+        write_jsonl(out_dir / name, rows)
     write_json(out_dir / "stats.json", stats)
     print(json.dumps(stats, indent=2))
     return stats

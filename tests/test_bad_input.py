@@ -374,3 +374,19 @@ def test_smollm2_and_data_build_never_replace_what_is_not_theirs(tmp_path, capsy
     line = fails(capsys, build.main, "python -m data.build", ["--out", afile, "--skip-model"])
     assert "file: --out must be a folder (or not exist yet); this is a file" in line
     assert afile.read_text() == "keep"
+
+
+def test_oasst_never_replaces_its_outputs_with_fewer_rows(tmp_path, capsys):
+    from srlm import oasst
+
+    trees = shared_file("oasst1_en_100_trees.jsonl")
+    out = tmp_path / "out"
+    oasst.main(["--trees", str(trees), "--out-dir", str(out)])
+    before = snapshot(out)
+    few = tmp_path / "few.jsonl"
+    few.write_bytes(b"".join(trees.read_bytes().splitlines(keepends=True)[:10]))
+    line = fails(capsys, oasst.main, "python -m srlm.oasst", ["--trees", few, "--out-dir", out])
+    assert re.search(r"out/\w+\.jsonl: would replace its \d+ rows with \d+", line), line
+    assert snapshot(out) == before
+    oasst.main(["--trees", str(few), "--out-dir", str(out), "--overwrite"])
+    assert len(read_jsonl(out / "ift.jsonl")) < len(before["ift.jsonl"].splitlines())
