@@ -3,7 +3,10 @@
     python -m pytest -q tests/test_checkpoint.py
 """
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ import torch
 
 from srlm.checkpoint import (CheckpointError, _meta_split_dim, load_model, permute_hf_to_meta, permute_meta_to_hf,
                              save_model)
+from conftest import ROOT
 from srlm.model import Llama, ModelArgs
 
 TINY_GQA = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, hidden_dim=96, max_seq_len=64)
@@ -425,3 +429,44 @@ def test_tied_checkpoint_with_a_different_head_is_refused(tmp_path):
     resave(tmp_path / "ckpt", lambda t: t.update({"lm_head.weight": torch.zeros(128, 64)}))
     with pytest.raises(CheckpointError, match=r"lm_head\.weight differs from model\.embed_tokens\.weight"):
         load_model(tmp_path / "ckpt")
+
+
+# ---- transformers 4.4x, in its own process: srlm's saves load there, and its saves load here ----
+TRANSFORMERS4 = os.environ.get("SRLM_TRANSFORMERS4")  # a folder holding transformers 4.4x (.ci/run makes it)
+
+TRANSFORMERS4_SCRIPT = r"""
+import sys, torch, transformers
+from srlm.checkpoint import load_model, save_model
+from srlm.model import Llama, ModelArgs
+assert transformers.__version__.startswith("4."), transformers.__version__
+out = sys.argv[1]
+x = torch.randint(0, 128, (2, 17), generator=torch.Generator().manual_seed(0))
+for tie in (False, True):
+    torch.manual_seed(0)
+    ours = Llama(ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, max_seq_len=64,
+                           rope_theta=100000.0, tie_embeddings=tie)).eval()
+    save_model(ours, f"{out}/ours{tie}")
+    theirs = transformers.LlamaForCausalLM.from_pretrained(f"{out}/ours{tie}", torch_dtype=torch.float32).eval()
+    assert theirs.config.tie_word_embeddings is tie and theirs.config.rope_theta == 100000.0
+    assert (theirs.lm_head.weight.data_ptr() == theirs.model.embed_tokens.weight.data_ptr()) is tie
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x).logits, ours(x), rtol=0, atol=1e-5)
+    theirs.save_pretrained(f"{out}/theirs{tie}")  # the legacy layout: top-level rope_theta
+    back = load_model(f"{out}/theirs{tie}").eval()
+    assert back.args.tie_embeddings is tie and back.args.rope_theta == 100000.0
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), theirs(x).logits, rtol=0, atol=1e-5)
+print("ok", transformers.__version__)
+"""
+
+
+@pytest.mark.skipif(not TRANSFORMERS4, reason="SRLM_TRANSFORMERS4 (a folder with transformers 4.4x) not set")
+def test_saves_round_trip_with_transformers_4(tmp_path):
+    """srlm's checkpoints (tied and untied, GQA, RoPE base 1e5) load in transformers 4.4x with equal
+    logits, and 4.4x's own saves (legacy config layout) load back in srlm exactly. A subprocess, since
+    the suite itself imports transformers 5."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TRANSFORMERS4, str(ROOT)]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", TRANSFORMERS4_SCRIPT, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stdout.startswith("ok 4.")

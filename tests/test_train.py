@@ -155,6 +155,33 @@ def test_torchrun_two_processes_match_one(setup, stage):
     assert_same_weights(one, two, atol=1e-5)
 
 
+def test_torchrun_tied_embeddings_match_one(setup, tmp_path):
+    """SmolLM2-style tied embeddings under FSDP2: the one matrix is sharded, loaded (each rank its
+    rows), trained and saved once, exactly as one process does it.
+
+    Two DPO micro-batches per rank; both runs must agree on the loss and every weight, and the saved
+    checkpoint must hold a single embedding matrix with tie_word_embeddings true.
+    """
+    tokenizer = small_tokenizer()
+    torch.manual_seed(1)
+    model = Llama(ModelArgs.preset("tiny", vocab_size=1000, tie_embeddings=True))
+    save_hf(model.state_dict(), model.args, tmp_path / "m0", tokenizer_path=tokenizer)
+    (tmp_path / "pairs.jsonl").write_text((setup / "pairs.jsonl").read_text())
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["--max-steps", "2", "--micro-batch-size", "1"]
+    s1 = train.main(common(tmp_path, "dpo", one, *args))
+    torchrun(common(tmp_path, "dpo", two, *args), tmp_path)
+    s2 = read_jsonl(two / "metrics.jsonl")[-1]
+    assert s2["loss"] == pytest.approx(s1["loss"], rel=1e-5)
+    assert_same_weights(one, two, atol=1e-5)
+    saved = weights(two)
+    assert "lm_head.weight" not in saved and "model.embed_tokens.weight" in saved
+    assert json.loads((two / "config.json").read_text())["tie_word_embeddings"] is True
+    assert not torch.equal(saved["model.embed_tokens.weight"], model.tok_embeddings.weight)  # it trained
+    loaded = load_model(two)
+    assert loaded.output.weight is loaded.tok_embeddings.weight
+
+
 # Runs train.py under torchrun with spies on: who builds the full model, when gradient sync is
 # switched, and whether reduced (sharded) gradients already exist when a micro-batch starts.
 SPY = """
