@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--model", required=True, help="Hugging Face model directory (config.json + safetensors)")
     p.add_argument("--tokenizer", help="tokenizer.model or tokenizer.json (default: the one inside --model)")
-    p.add_argument("--chat", choices=["llama2", "chatml"],
+    p.add_argument("--chat", choices=["llama2", "chatml", "llama3"],
                    help="chat format (default: the checkpoint's chat template, else llama2)")
     p.add_argument("--task", required=True, choices=["responses", "prompts"])
     p.add_argument("--input", help="prompts.jsonl (--task responses)")

@@ -49,7 +49,7 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="HF-format checkpoint dir (with tokenizer.model or tokenizer.json)")
-    ap.add_argument("--chat", choices=["llama2", "chatml"],
+    ap.add_argument("--chat", choices=["llama2", "chatml", "llama3"],
                     help="chat format (default: the checkpoint's chat template, else llama2)")
     ap.add_argument("--input", "--candidates", dest="input", required=True,
                     help="candidates.jsonl (or ranked groups with --eval)")

@@ -2,16 +2,18 @@
 
     llama2  <s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST] {answer}</s>
     chatml  <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{user}<|im_end|>\\n<|im_start|>assistant\\n{answer}<|im_end|>
+    llama3  <|begin_of_text|><|start_header_id|>user<|end_header_id|>\\n\\n{user}<|eot_id|>
+            <|start_header_id|>assistant<|end_header_id|>\\n\\n{answer}<|eot_id|>   (a system turn, when given, first)
 
 A format is chosen from the checkpoint's chat template (`chat_template.jinja`, or `chat_template` in
-`tokenizer_config.json`) by `format_from_template`, or by name (`--chat llama2|chatml`); a checkpoint
+`tokenizer_config.json`) by `format_from_template`, or by name (`--chat llama2|chatml|llama3`); a checkpoint
 with neither gets llama2, srlm's own format. We recognise a template by its markers instead of
 running it (that would need jinja2): the real-model test checks that our prompt ids equal
 transformers' `apply_chat_template(..., add_generation_prompt=True)`.
 
 Prompt and answer are encoded separately and concatenated (see srlm/tokenizer.py): the prompt ids are
 exactly what the sampler is given, and the loss mask is 1 on exactly the answer ids, which end with
-the end-of-turn token (`tok.eos_id`: </s> for llama2, <|im_end|> for chatml).
+the end-of-turn token (`tok.eos_id`: </s> for llama2, <|im_end|> for chatml, <|eot_id|> for llama3).
 
 Each format works with any tokenizer object that has encode(text, bos=, eos=), bos_id, eos_id and
 token_id(piece) (srlm/tokenizer.py for SentencePiece, srlm/hf_tokenizer.py for tokenizer.json).
@@ -81,7 +83,37 @@ class ChatML:
         return tok.encode(answer.strip()) + [self.end_id(tok)]
 
 
-FORMATS = {"llama2": Llama2Chat, "chatml": ChatML}
+class Llama3Chat:
+    """Meta's Llama-3 format: BOS, then per message <|start_header_id|>{role}<|end_header_id|>, two
+    newlines, the content trimmed (the template's `| trim`), <|eot_id|>. The answer ends with
+    <|eot_id|>, where generation stops. The markers are single tokens of the tokenizer, so each text
+    piece between them is encoded on its own, as the tokenizer does with the whole string.
+
+    Llama 3.1 and later templates add a system message stamped with today's date; that one is not
+    reproduced (format_from_template refuses it; --chat llama3 chooses this plain format).
+    """
+
+    name = "llama3"
+
+    def end_id(self, tok) -> int:
+        return tok.token_id("<|eot_id|>")
+
+    def _header(self, tok, role: str) -> list[int]:
+        return [tok.token_id("<|start_header_id|>")] + tok.encode(role) + [tok.token_id("<|end_header_id|>")]
+
+    def encode_prompt(self, tok, user: str, system: Optional[str] = None) -> list[int]:
+        if tok.bos_id is None:
+            raise ValueError(f"{tok.path}: the llama3 chat format needs a bos token (<|begin_of_text|>)")
+        ids = [tok.bos_id]
+        for role, content in ([("system", system)] if system else []) + [("user", user)]:
+            ids += self._header(tok, role) + tok.encode("\n\n" + content.strip()) + [self.end_id(tok)]
+        return ids + self._header(tok, "assistant") + tok.encode("\n\n")
+
+    def encode_answer(self, tok, answer: str) -> list[int]:
+        return tok.encode(answer.strip()) + [self.end_id(tok)]
+
+
+FORMATS = {"llama2": Llama2Chat, "chatml": ChatML, "llama3": Llama3Chat}
 
 
 class ChatMethods:
@@ -124,10 +156,15 @@ def format_from_template(template: Optional[str], source="chat template"):
         # string in the template (with a real newline or the two characters \n).
         m = re.search(r"<\|im_start\|>system(?:\n|\\n)(.*?)<\|im_end\|>", template, re.DOTALL)
         return ChatML(default_system=m.group(1) if m else None)
+    if "<|start_header_id|>" in template:
+        if "Cutting Knowledge Date" in template:
+            raise ValueError(f"{source}: this Llama-3.1+ template writes a dated system message srlm does not "
+                             f"reproduce; pass --chat llama3 for the plain Llama-3 format")
+        return Llama3Chat()
     if "[INST]" in template:
         return Llama2Chat()
-    raise ValueError(f"{source}: this chat template is neither ChatML (<|im_start|>) nor Llama-2 ([INST]); "
-                     f"pass the format by name ({sorted(FORMATS)})")
+    raise ValueError(f"{source}: this chat template is neither ChatML (<|im_start|>), Llama-3 "
+                     f"(<|start_header_id|>) nor Llama-2 ([INST]); pass the format by name ({sorted(FORMATS)})")
 
 
 def read_chat_template(model_dir) -> tuple[Optional[str], Optional[Path]]:

@@ -34,7 +34,7 @@ class TrainConfig:
     init: Optional[str] = None  # HF checkpoint dir to start from
     model_config: Optional[str] = None  # or fresh weights: a ModelArgs preset name or a JSON file
     tokenizer: Optional[str] = None  # tokenizer.model or tokenizer.json (default: the one in --init)
-    chat: Optional[str] = None  # chat format, "llama2" or "chatml" (default: the checkpoint's chat template)
+    chat: Optional[str] = None  # chat format: "llama2", "chatml" or "llama3" (default: the checkpoint's chat template)
     lr: Optional[float] = None  # None: the stage's default (STAGE_DEFAULTS)
     min_lr: Optional[float] = None
     warmup_steps: Optional[int] = None  # None: 5% of the steps

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from srlm.chat import ChatML, Llama2Chat, format_from_template, get_format, read_chat_template
+from srlm.chat import ChatML, Llama2Chat, Llama3Chat, format_from_template, get_format, read_chat_template
 from srlm.tokenizer import Tokenizer, load_tokenizer
 
 DATA = Path(__file__).parents[1] / "data"
@@ -22,6 +22,13 @@ CHATML_TEMPLATE = (
     "{{ '<|im_start|>system\n" + SYSTEM + "<|im_end|>\n' }}{% endif %}"
     "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+# Meta's Llama-3 (8B-Instruct) template, as its tokenizer_config.json writes it.
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim"
+    " + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 LLAMA2_TEMPLATE = "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] | trim }} [/INST]{% endfor %}"
 PROMPTS = ["What is the capital of France?", "  Spaces around  ", "Line one.\nLine two: <ok>", "é ü 汉字 🙂"]
 
@@ -49,6 +56,26 @@ def chatml_dir(tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="module")
+def llama3_dir(tmp_path_factory):
+    """A tiny checkpoint tokenizer in Llama-3's layout: byte-level BPE tokenizer.json with its five
+    markers as special tokens 0-4, BOS <|begin_of_text|>, end of turn <|eot_id|>, Meta's template."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tk = tokenizers.Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=LLAMA3_SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(["system user assistant", *PROMPTS, "The capital of France is Paris."] * 20, trainer)
+    d = tmp_path_factory.mktemp("llama3")
+    tk.save(str(d / "tokenizer.json"))
+    (d / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "chat_template": LLAMA3_TEMPLATE}))
+    return d
+
+
 def reference_prompt_ids(model_dir, user, system=None):
     transformers = pytest.importorskip("transformers")
     ref = transformers.AutoTokenizer.from_pretrained(str(model_dir))
@@ -66,8 +93,11 @@ def test_format_from_template():
     assert format_from_template("{{ '<|im_start|>' + m['role'] }}").default_system is None
     assert isinstance(format_from_template(LLAMA2_TEMPLATE), Llama2Chat)
     assert isinstance(format_from_template(None), Llama2Chat)  # srlm's own checkpoints carry no template
-    with pytest.raises(ValueError, match=r"x\.jinja: .*neither ChatML .* nor Llama-2"):
-        format_from_template("<|start_header_id|>{{ m }}", "x.jinja")
+    assert isinstance(format_from_template(LLAMA3_TEMPLATE), Llama3Chat)
+    with pytest.raises(ValueError, match=r"x\.jinja: .*neither ChatML .*, Llama-3 .* nor Llama-2"):
+        format_from_template("<|user|>{{ m }}", "x.jinja")
+    with pytest.raises(ValueError, match=r"y\.jinja: this Llama-3\.1\+ template .*--chat llama3"):
+        format_from_template("<|start_header_id|>system Cutting Knowledge Date: December 2023", "y.jinja")
     assert isinstance(get_format("chatml"), ChatML)
     with pytest.raises(ValueError, match="unknown chat format 'vicuna'"):
         get_format("vicuna")
@@ -106,6 +136,37 @@ def test_chatml_prompt_ids_equal_apply_chat_template(chatml_dir, user):
     tok = load_tokenizer(chatml_dir)
     assert tok.encode_prompt(user) == reference_prompt_ids(chatml_dir, user)
     assert tok.encode_prompt(user, system="Be brief.") == reference_prompt_ids(chatml_dir, user, "Be brief.")
+
+
+def test_llama3_prompt_text(llama3_dir):
+    tok = load_tokenizer(llama3_dir)
+    assert tok.chat.name == "llama3" and tok.eos_id == 4 and tok.bos_id == 0
+    ids = tok.encode_prompt("  Hi there ", system="Be brief.")
+    assert tok.decode(ids, skip_special=False) == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert [ids.count(i) for i in range(5)] == [1, 0, 3, 3, 2]  # the markers are single tokens
+
+
+@pytest.mark.parametrize("user", PROMPTS)
+def test_llama3_prompt_ids_equal_apply_chat_template(llama3_dir, user):
+    tok = load_tokenizer(llama3_dir)
+    assert tok.encode_prompt(user) == reference_prompt_ids(llama3_dir, user)
+    assert tok.encode_prompt(user, system="Be brief.") == reference_prompt_ids(llama3_dir, user, "Be brief.")
+
+
+def test_llama3_loss_mask_is_the_answer_and_eot(llama3_dir):
+    tok = load_tokenizer(llama3_dir)
+    ids, mask = tok.encode_dialog("Capital of France?", " The capital of France is Paris.\n")
+    answer = [i for i, m in zip(ids, mask) if m]
+    assert ids[:len(ids) - len(answer)] == tok.encode_prompt("Capital of France?")
+    assert tok.decode(answer, skip_special=False) == "The capital of France is Paris.<|eot_id|>"
+    assert mask == [0] * (len(ids) - len(answer)) + [1] * len(answer)
+    transformers = pytest.importorskip("transformers")
+    ref = transformers.AutoTokenizer.from_pretrained(str(llama3_dir)).apply_chat_template(
+        [{"role": "user", "content": "Capital of France?"},
+         {"role": "assistant", "content": " The capital of France is Paris.\n"}], tokenize=True)
+    assert ids == list(ref["input_ids"] if hasattr(ref, "keys") else ref)  # the whole conversation, as Meta's template writes it
 
 
 def test_chatml_loss_mask_is_the_answer_and_im_end(chatml_dir):
