@@ -36,6 +36,7 @@ import torch
 
 from srlm import dist
 from srlm.candidates import CandidateSettings, read_prompt_rows, write_candidates
+from srlm.chat import FORMATS
 from srlm.io import DataError
 from srlm.loading import DTYPES, load_for_inference
 from srlm.prompts import SelfInstructSettings, read_prompt_pool, write_prompts
@@ -52,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--model", required=True, help="Hugging Face model directory (config.json + safetensors)")
     p.add_argument("--tokenizer", help="tokenizer.model or tokenizer.json (default: the one inside --model)")
-    p.add_argument("--chat", choices=["llama2", "chatml", "llama3"],
+    p.add_argument("--chat", choices=sorted(FORMATS),
                    help="chat format (default: the checkpoint's chat template, else llama2)")
     p.add_argument("--task", required=True, choices=["responses", "prompts"])
     p.add_argument("--input", help="prompts.jsonl (--task responses)")

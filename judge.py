@@ -40,6 +40,7 @@ import json
 from pathlib import Path
 
 from srlm import dist
+from srlm.chat import FORMATS
 from srlm.loading import DTYPES, load_for_inference
 from srlm.metrics import format_metrics
 from srlm.pairs import JudgeSettings, judge_groups, load_candidates, load_groups, write_pairs
@@ -49,7 +50,7 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="HF-format checkpoint dir (with tokenizer.model or tokenizer.json)")
-    ap.add_argument("--chat", choices=["llama2", "chatml", "llama3"],
+    ap.add_argument("--chat", choices=sorted(FORMATS),
                     help="chat format (default: the checkpoint's chat template, else llama2)")
     ap.add_argument("--input", "--candidates", dest="input", required=True,
                     help="candidates.jsonl (or ranked groups with --eval)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+from srlm.chat import FORMATS
 from srlm.trainer import TrainConfig, train
 
 
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--init", help="HF checkpoint directory to start from (its tokenizer files and chat template are carried along)")
     src.add_argument("--model-config", help="fresh weights: a ModelArgs preset name (tiny, llama2-7b, ...) or a JSON file")
     p.add_argument("--tokenizer", help="tokenizer.model or tokenizer.json (default: the one in --init)")
-    p.add_argument("--chat", choices=["llama2", "chatml", "llama3"],
+    p.add_argument("--chat", choices=sorted(FORMATS),
                    help="chat format (default: the checkpoint's chat template, else llama2)")
     g = p.add_argument_group("optimisation (defaults: the paper's for sft/dpo)")
     g.add_argument("--lr", type=float, help="peak learning rate (sft 5.5e-6, dpo 1e-6, pretrain 3e-4)")

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from srlm import world
+from srlm.chat import FORMATS
 from srlm.io import DataError, file_hash, input_hash, read_jsonl, write_json, write_jsonl
 from srlm.judge import judge_prompt, load_template, make_model_judge, parse_score
 from srlm.metrics import correctness_metrics, reward_model_metrics
@@ -212,7 +213,7 @@ def load_answers(out_dir, name: str) -> list[dict]:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="HF-format checkpoint directory (with tokenizer.model or tokenizer.json)")
-    p.add_argument("--chat", choices=["llama2", "chatml"],
+    p.add_argument("--chat", choices=sorted(FORMATS),
                    help="chat format (default: the checkpoint's chat template, else llama2)")
     p.add_argument("--name", required=True, help="name of the result files, e.g. m1")
     p.add_argument("--out-dir", required=True)

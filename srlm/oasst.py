@@ -47,6 +47,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from srlm.chat import FORMATS
 from srlm.io import DataError, append_jsonl, check_replace, input_hash, read_jsonl_partial, write_json, write_jsonl
 from srlm.judge import judge_prompt, load_template, parse_score, truncate_after_score
 
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--include-synthetic", action="store_true",
                     help="keep model-written (synthetic) messages; skipped by default")
     ap.add_argument("--judge-model", help="HF-format checkpoint dir (the SFT baseline): build eft.jsonl")
-    ap.add_argument("--chat", choices=["llama2", "chatml"],
+    ap.add_argument("--chat", choices=sorted(FORMATS),
                     help="the judge's chat format (default: the checkpoint's chat template, else llama2)")
     ap.add_argument("--template", default="default", help="'default', 'compact' or a template file")
     ap.add_argument("--score-pattern", default=None, help="regex with a (?P<score>...) group")

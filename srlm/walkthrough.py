@@ -34,6 +34,7 @@ from typing import Optional
 import torch
 
 from srlm.candidates import CandidateSettings, write_candidates
+from srlm.chat import FORMATS
 from srlm.io import DataError, read_jsonl, write_json, write_jsonl
 from srlm.loading import load_for_inference
 from srlm.pairs import JudgeSettings, write_pairs
@@ -175,7 +176,7 @@ def main(argv=None) -> dict:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="Hugging Face checkpoint folder")
     p.add_argument("--out", required=True, help="folder for every file of the iteration")
-    p.add_argument("--chat", choices=["llama2", "chatml", "llama3"], help="default: the checkpoint's chat template")
+    p.add_argument("--chat", choices=sorted(FORMATS), help="default: the checkpoint's chat template")
     p.add_argument("--prompts", help="JSONL with a 'prompt' per row (default: OASST, else data/seed_prompts.jsonl)")
     p.add_argument("--num-prompts", type=int, default=4)
     p.add_argument("--n", type=int, default=4, help="answers per prompt")
