@@ -48,6 +48,7 @@ from pathlib import Path
 
 from srlm import dist
 from srlm.candidates import CandidateSettings, write_candidates
+from srlm.chat import FORMATS
 from srlm.evaluate import evaluate_model, head_to_head, load_answers
 from srlm.io import DataError, atomic_write_text, check_settings, file_hash, read_jsonl, write_json, write_jsonl
 from srlm.loading import load_for_inference
@@ -163,7 +164,7 @@ def check_inputs(a, s: dict) -> dict:
         raise CheckpointError(f"{base}: --base-model directory not found")
     if (base / "config.json").is_file():
         load_hf_args(base)
-    load_tokenizer(a.tokenizer or base)
+    load_tokenizer(a.tokenizer or base, a.chat)
     load_rows([a.ift, a.eft], "sft")
     read_prompt_pool(a.seed_prompts)
     if s["prompt_model"] not in ("current", "base") and not Path(s["prompt_model"]).is_dir():
@@ -204,7 +205,7 @@ def run(a) -> dict:
         if model_dir not in loaded:
             unload()
             loaded[model_dir] = load_for_inference(model_dir, a.tokenizer if model_dir == Path(a.base_model) else None,
-                                                   device)
+                                                   device, chat=a.chat)
         return loaded[model_dir]
 
     def unload():
@@ -231,7 +232,7 @@ def run(a) -> dict:
     def sft():
         unload()  # training needs the memory a model held for sampling would take
         train(TrainConfig(stage="sft", init=str(a.base_model), data=[str(a.ift), str(a.eft)], out=str(m1),
-                          tokenizer=a.tokenizer, lr=s["sft_lr"], min_lr=s["sft_min_lr"], epochs=s["sft_epochs"],
+                          tokenizer=a.tokenizer, chat=a.chat, lr=s["sft_lr"], min_lr=s["sft_min_lr"], epochs=s["sft_epochs"],
                           batch_size=s["sft_batch_size"], dropout=s["sft_dropout"], device=a.device, seed=a.seed))
 
     step("SFT (M0 -> M1)", m1 / "metrics.jsonl", sft)
@@ -283,7 +284,7 @@ def run(a) -> dict:
             break
         def dpo():
             unload()  # M_t is the reference: its log-probs are computed by train() itself
-            train(TrainConfig(stage="dpo", init=str(current), data=[str(pairs)], out=str(next_model),
+            train(TrainConfig(stage="dpo", init=str(current), data=[str(pairs)], out=str(next_model), chat=a.chat,
                               lr=s["dpo_lr"], min_lr=s["dpo_min_lr"], epochs=s["dpo_epochs"],
                               batch_size=s["dpo_batch_size"], beta=s["beta"], dropout=0.0, device=a.device,
                               seed=seed))
@@ -391,6 +392,8 @@ def main(argv=None):
     p.add_argument("--run-dir", default="runs/default", help="where every artifact of the run goes")
     p.add_argument("--base-model", default=str(DATA / "m0"), help="M0: an HF or Meta Llama checkpoint directory")
     p.add_argument("--tokenizer", help="M0's tokenizer.model, if its directory has none (e.g. Meta's download)")
+    p.add_argument("--chat", choices=sorted(FORMATS),
+                   help="chat format for every step (default: M0's chat template, else llama2)")
     p.add_argument("--ift", default=str(DATA / "ift.jsonl"), help="IFT seed: rows {prompt, response}")
     p.add_argument("--eft", default=str(DATA / "eft.jsonl"), help="EFT seed: judge prompts with judgements")
     p.add_argument("--seed-prompts", default=str(DATA / "seed_prompts.jsonl"), help="self-instruction seed pool")

@@ -222,6 +222,29 @@ def test_loop_checks_inputs_before_writing_anything(tmp_path, capsys):
     assert not run_dir.exists()
 
 
+def test_loop_chat_format_is_checked_up_front_and_reaches_training(tmp_path, capsys, monkeypatch):
+    if not (DATA / "m0" / "config.json").is_file():
+        pytest.skip("data/ has not been built")
+    run_dir = tmp_path / "run"
+    line = fails(capsys, loop.main, "python -m srlm.loop", loop_args(run_dir, "--chat", "chatml"))
+    assert "tokenizer.model: the tokenizer has no piece '<|im_end|>'" in line  # M0's SentencePiece has no ChatML
+    assert not run_dir.exists()
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def stop(cfg):
+        seen.append(cfg)
+        raise Stop
+
+    monkeypatch.setattr(loop, "train", stop)
+    with pytest.raises(Stop):
+        loop.main([str(a) for a in loop_args(run_dir, "--chat", "llama2")])
+    assert seen[0].stage == "sft" and seen[0].chat == "llama2"
+
+
 def test_loop_refuses_a_run_directory_with_other_settings(tmp_path, capsys, monkeypatch):
     if not (DATA / "m0" / "config.json").is_file():
         pytest.skip("data/ has not been built")
