@@ -293,3 +293,45 @@ def test_meta_format_base_model_with_separate_tokenizer(micro, tmp_path):
     loop.main(args + ["--tokenizer", str(DATA / "tokenizer.model")])
     assert (run_dir / "m1" / "tokenizer.model").is_file() and (run_dir / "iter1/model/config.json").is_file()
     assert {r["model"] for r in read_jsonl(run_dir / "iter1/prompts.jsonl")} == {str(meta)}
+
+
+def test_whole_loop_on_a_tokenizer_json_chatml_model(micro, tmp_path):
+    """M0 with a byte-level BPE tokenizer.json and a ChatML template (no tokenizer.model): every step
+    of the loop runs, and every model it writes keeps that tokenizer and chat format."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from srlm.tokenizer import load_tokenizer
+
+    tk = tokenizers.Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    texts = [r.get("prompt", "") + " " + r.get("response", "") for name in ("ift", "eft", "seed_prompts")
+             for r in read_jsonl(micro / f"{name}.jsonl")]
+    tk.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok_dir = tmp_path / "tok"
+    tok_dir.mkdir()
+    tk.save(str(tok_dir / "tokenizer.json"))
+    (tok_dir / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}))
+    (tok_dir / "chat_template.jinja").write_text(
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    torch.manual_seed(0)
+    m0 = Llama(ModelArgs(dim=32, n_layers=1, n_heads=2, vocab_size=tk.get_vocab_size(), multiple_of=16,
+                         max_seq_len=512))
+    with torch.no_grad():
+        for d in range(6):
+            m0.output.weight[tk.token_to_id(str(d))] += 0.5 * torch.randn(32)
+    save_model(m0, tmp_path / "m0", tokenizer_path=tok_dir / "tokenizer.json")
+    assert load_tokenizer(tmp_path / "m0").chat.name == "chatml"
+
+    args = loop_args(micro, tmp_path / "run")
+    args[args.index("--base-model") + 1] = str(tmp_path / "m0")
+    results = loop.main(args)
+    assert set(results) == {"m1", "m2", "m3"}
+    for model in ("m1", "iter1/model", "iter2/model"):
+        d = tmp_path / "run" / model
+        assert (d / "tokenizer.json").is_file() and not (d / "tokenizer.model").exists()
+        assert load_tokenizer(d).chat.name == "chatml"
