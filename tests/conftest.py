@@ -71,3 +71,18 @@ def hopper_compile():
         assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
 
     return run
+
+
+def byte_level_bpe(corpus, special_tokens, vocab_size=400):
+    """A small byte-level BPE `tokenizers.Tokenizer` (the layout of SmolLM2's and Llama-3's
+    tokenizer.json) trained on `corpus`, its special tokens first (ids 0, 1, ...). Skips the test
+    without the optional `tokenizers` package."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tk = tokenizers.Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens),
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return tk

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import byte_level_bpe
 from srlm.chat import ChatML, Llama2Chat, Llama3Chat, format_from_template, get_format, read_chat_template
 from srlm.tokenizer import Tokenizer, load_tokenizer
 
@@ -37,16 +38,8 @@ PROMPTS = ["What is the capital of France?", "  Spaces around  ", "Line one.\nLi
 def chatml_dir(tmp_path_factory):
     """A tiny checkpoint tokenizer in SmolLM2's layout: byte-level BPE tokenizer.json with the ChatML
     markers as special tokens 0-2, tokenizer_config.json naming them, chat_template.jinja."""
-    tokenizers = pytest.importorskip("tokenizers")
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
-    tk = tokenizers.Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     corpus = [SYSTEM, "system user assistant", *PROMPTS, "The capital of France is Paris."] * 20
-    tk.train_from_iterator(corpus, trainer)
+    tk = byte_level_bpe(corpus, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     d = tmp_path_factory.mktemp("chatml")
     tk.save(str(d / "tokenizer.json"))
     (d / "tokenizer_config.json").write_text(json.dumps(
@@ -60,15 +53,7 @@ def chatml_dir(tmp_path_factory):
 def llama3_dir(tmp_path_factory):
     """A tiny checkpoint tokenizer in Llama-3's layout: byte-level BPE tokenizer.json with its five
     markers as special tokens 0-4, BOS <|begin_of_text|>, end of turn <|eot_id|>, Meta's template."""
-    tokenizers = pytest.importorskip("tokenizers")
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
-    tk = tokenizers.Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=LLAMA3_SPECIAL,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tk.train_from_iterator(["system user assistant", *PROMPTS, "The capital of France is Paris."] * 20, trainer)
+    tk = byte_level_bpe(["system user assistant", *PROMPTS, "The capital of France is Paris."] * 20, LLAMA3_SPECIAL)
     d = tmp_path_factory.mktemp("llama3")
     tk.save(str(d / "tokenizer.json"))
     (d / "tokenizer_config.json").write_text(json.dumps(
@@ -132,10 +117,12 @@ def test_chatml_prompt_text_and_ids(chatml_dir):
 
 
 @pytest.mark.parametrize("user", PROMPTS)
-def test_chatml_prompt_ids_equal_apply_chat_template(chatml_dir, user):
-    tok = load_tokenizer(chatml_dir)
-    assert tok.encode_prompt(user) == reference_prompt_ids(chatml_dir, user)
-    assert tok.encode_prompt(user, system="Be brief.") == reference_prompt_ids(chatml_dir, user, "Be brief.")
+@pytest.mark.parametrize("checkpoint", ["chatml_dir", "llama3_dir"])
+def test_prompt_ids_equal_apply_chat_template(request, checkpoint, user):
+    model_dir = request.getfixturevalue(checkpoint)
+    tok = load_tokenizer(model_dir)
+    assert tok.encode_prompt(user) == reference_prompt_ids(model_dir, user)
+    assert tok.encode_prompt(user, system="Be brief.") == reference_prompt_ids(model_dir, user, "Be brief.")
 
 
 def test_llama3_prompt_text(llama3_dir):
@@ -146,13 +133,6 @@ def test_llama3_prompt_text(llama3_dir):
         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
         "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
     assert [ids.count(i) for i in range(5)] == [1, 0, 3, 3, 2]  # the markers are single tokens
-
-
-@pytest.mark.parametrize("user", PROMPTS)
-def test_llama3_prompt_ids_equal_apply_chat_template(llama3_dir, user):
-    tok = load_tokenizer(llama3_dir)
-    assert tok.encode_prompt(user) == reference_prompt_ids(llama3_dir, user)
-    assert tok.encode_prompt(user, system="Be brief.") == reference_prompt_ids(llama3_dir, user, "Be brief.")
 
 
 def test_llama3_loss_mask_is_the_answer_and_eot(llama3_dir):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import byte_level_bpe
 from srlm import loop
 from srlm.io import read_jsonl, write_jsonl
 from srlm.checkpoint import load_model, save_model
@@ -298,19 +299,11 @@ def test_meta_format_base_model_with_separate_tokenizer(micro, tmp_path):
 def test_whole_loop_on_a_tokenizer_json_chatml_model(micro, tmp_path):
     """M0 with a byte-level BPE tokenizer.json and a ChatML template (no tokenizer.model): every step
     of the loop runs, and every model it writes keeps that tokenizer and chat format."""
-    tokenizers = pytest.importorskip("tokenizers")
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
     from srlm.tokenizer import load_tokenizer
 
-    tk = tokenizers.Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
     texts = [r.get("prompt", "") + " " + r.get("response", "") for name in ("ift", "eft", "seed_prompts")
              for r in read_jsonl(micro / f"{name}.jsonl")]
-    tk.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tk = byte_level_bpe(texts, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], vocab_size=600)
     tok_dir = tmp_path / "tok"
     tok_dir.mkdir()
     tk.save(str(tok_dir / "tokenizer.json"))
