@@ -167,8 +167,12 @@ def check_inputs(a, s: dict) -> dict:
     load_tokenizer(a.tokenizer or base, a.chat)
     load_rows([a.ift, a.eft], "sft")
     read_prompt_pool(a.seed_prompts)
-    if s["prompt_model"] not in ("current", "base") and not Path(s["prompt_model"]).is_dir():
-        raise CheckpointError(f"{s['prompt_model']}: --prompt-model directory not found")
+    if s["prompt_model"] not in ("current", "base"):
+        writer = Path(s["prompt_model"])
+        if not writer.is_dir():
+            raise CheckpointError(f"{writer}: --prompt-model directory not found")
+        load_hf_args(writer)
+        load_tokenizer(writer)
     load_template(s["judge_template"])
     if a.score_pattern:
         parse_score("", a.score_pattern)

@@ -413,3 +413,15 @@ def test_oasst_never_replaces_its_outputs_with_fewer_rows(tmp_path, capsys):
     assert snapshot(out) == before
     oasst.main(["--trees", str(few), "--out-dir", str(out), "--overwrite"])
     assert len(read_jsonl(out / "ift.jsonl")) < len(before["ift.jsonl"].splitlines())
+
+
+def test_loop_checks_a_prompt_model_before_writing(tmp_path, capsys):
+    if not (DATA / "m0" / "config.json").is_file():
+        pytest.skip("data/ has not been built")
+    writer = tmp_path / "writer"
+    writer.mkdir()
+    (writer / "config.json").write_text('{"hidden_size": "64"}')
+    run_dir = tmp_path / "run"
+    line = fails(capsys, loop.main, "python -m srlm.loop", loop_args(run_dir, "--prompt-model", writer))
+    assert "writer/config.json: key 'hidden_size' must be a positive integer, got '64'" in line, line
+    assert not run_dir.exists()
