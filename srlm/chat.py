@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from srlm.io import read_text
+
 
 class Llama2Chat:
     """Meta's Llama-2 chat format: BOS, then [INST] ... [/INST]; the answer ends with EOS.
@@ -172,11 +174,11 @@ def read_chat_template(model_dir) -> tuple[Optional[str], Optional[Path]]:
     model_dir = Path(model_dir)
     jinja = model_dir / "chat_template.jinja"
     if jinja.is_file():
-        return jinja.read_text(), jinja
+        return read_text(jinja), jinja
     config = model_dir / "tokenizer_config.json"
     if config.is_file():
         try:
-            template = json.loads(config.read_text()).get("chat_template")
+            template = json.loads(read_text(config)).get("chat_template")
         except (json.JSONDecodeError, AttributeError) as e:
             raise ValueError(f"{config}: malformed JSON ({e})") from None
         if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]

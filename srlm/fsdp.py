@@ -22,7 +22,7 @@ from torch import nn
 
 from srlm import dist as sdist
 from srlm.checkpoint import load_hf_args, load_hf_shards, load_model
-from srlm.io import DataError
+from srlm.io import DataError, read_text
 from srlm.logprobs import LogprobModel, unwrap_state_dict
 from srlm.model import Llama, ModelArgs, precompute_freqs_cis
 from srlm.tokenizer import Tokenizer
@@ -53,7 +53,7 @@ def fresh_model_args(spec: str, tokenizer: Tokenizer, overrides: dict) -> ModelA
     path = Path(spec)
     if path.suffix == ".json" or path.is_file():
         try:
-            fields = json.loads(path.read_text())
+            fields = json.loads(read_text(path))
         except FileNotFoundError:
             raise DataError(f"{path}: model config file not found") from None
         except json.JSONDecodeError as e:

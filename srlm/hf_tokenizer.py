@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Optional
 
 from srlm.chat import ChatMethods
+from srlm.io import read_text
 
 
 def _read_json(file: Path) -> dict:
     if not file.is_file():
         return {}
     try:
-        data = json.loads(file.read_text())
+        data = json.loads(read_text(file))
     except json.JSONDecodeError as e:
         raise ValueError(f"{file}: malformed JSON ({e})") from None
     if not isinstance(data, dict):

@@ -54,6 +54,15 @@ FIELD_TYPES = {
 }
 
 
+def read_text(path: str | os.PathLike) -> str:
+    """A whole text file (a config, a template); not UTF-8 is a DataError naming the file and byte."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start + 1}); save the file as UTF-8") from None
+
+
 def _type_name(value) -> str:
     return "null" if value is None else type(value).__name__
 

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Callable, Sequence
 
-from srlm.io import DataError
+from srlm.io import DataError, read_text
 
 MAX_SCORE = 5.0
 
@@ -93,7 +93,7 @@ def load_template(name_or_path: str | None) -> str:
     if not path.is_file():
         raise DataError(f"{path}: judge template file not found "
                         f"(or use one of the built-ins: {', '.join(TEMPLATES)})")
-    return check_template(path.read_text(encoding="utf-8"), source=str(path))
+    return check_template(read_text(path), source=str(path))
 
 
 def judge_prompt(prompt: str, response: str, template: str | None = None) -> str:

@@ -425,3 +425,28 @@ def test_loop_checks_a_prompt_model_before_writing(tmp_path, capsys):
     line = fails(capsys, loop.main, "python -m srlm.loop", loop_args(run_dir, "--prompt-model", writer))
     assert "writer/config.json: key 'hidden_size' must be a positive integer, got '64'" in line, line
     assert not run_dir.exists()
+
+
+def test_non_utf8_files_name_the_file(tmp_path, capsys):
+    """Trees, a judge template, a --model-config file: Latin-1 bytes are named by file (and line)."""
+    import train
+    from srlm import oasst
+
+    trees = tmp_path / "trees.jsonl"
+    trees.write_bytes(b'{"message_tree_id": "t", "prompt": {"message_id": "m", "role": "prompter", '
+                      b'"text": "caf\xe9"}}\n')
+    line = fails(capsys, oasst.main, "python -m srlm.oasst", ["--trees", trees, "--out-dir", tmp_path / "o"])
+    assert "trees.jsonl:1: not UTF-8 text" in line
+    template = tmp_path / "t.txt"
+    template.write_bytes(b"caf\xe9 {prompt} {response}")
+    line = fails(capsys, judge.main, "judge.py", ["--model", tmp_path / "m", "--input", tmp_path / "c.jsonl",
+                                                  "--template", template])
+    assert "t.txt: not UTF-8 text (invalid continuation byte at byte 4)" in line
+    config = tmp_path / "m.json"
+    config.write_bytes(b'{"dim": 64, "attn_impl": "caf\xe9"}')
+    data = tmp_path / "text.jsonl"
+    write_jsonl(data, [{"text": "one two"}])
+    line = fails(capsys, train.main, "train.py", ["--stage", "pretrain", "--model-config", config, "--tokenizer",
+                                                  DATA / "tokenizer.model", "--data", data, "--out", tmp_path / "o"])
+    assert "m.json: not UTF-8 text" in line
+    assert not (tmp_path / "o").exists()

@@ -187,3 +187,14 @@ def test_check_settings_names_each_difference(tmp_path):
     with pytest.raises(DataError, match=r"run: this run directory was made with other settings "
                                         r"\(dpo_lr: recorded 0\.0001, now 0\.0003; seed: recorded 0, now 5\)"):
         check_settings(f, {"seed": 5, "dpo_lr": 3e-4, "device": "cpu", "iterations": 2})
+
+
+def test_read_text_names_a_file_that_is_not_utf8(tmp_path):
+    from srlm.io import read_text
+
+    (tmp_path / "ok.txt").write_text("café", encoding="utf-8")
+    assert read_text(tmp_path / "ok.txt") == "café"
+    (tmp_path / "latin1.txt").write_bytes("ab café!".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1\.txt: not UTF-8 text \(invalid continuation byte at byte 7\)"):
+        read_text(tmp_path / "latin1.txt")
+
