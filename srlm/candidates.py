@@ -17,7 +17,8 @@ its "input_hash" (prompt text, sampling settings, model weights) matches what it
 a prompt edited since, or another model, is sampled again. An output is never replaced by one
 with fewer rows unless `overwrite=True`.
 
-The command line is generate.py (`--task responses`); tests: tests/test_generate.py.
+The command line is generate.py (`--task responses`); tests: tests/test_candidates.py (the command
+line: tests/test_generate.py).
 """
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ A logged round is reused only when its "input_hash" (seed pool, earlier prompts,
 weights) matches; rounds logged under other inputs are done again. The summary (`summary`, e.g.
 prompts_summary.json) is written before `<output>`, so a kill never leaves one without the other.
 
-The command line is generate.py (`--task prompts`); tests: tests/test_generate.py (end to end)
-and tests/test_self_instruct.py (the text pieces).
+The command line is generate.py (`--task prompts`); tests: tests/test_prompts.py, the text pieces
+tests/test_self_instruct.py, the command line tests/test_generate.py.
 """
 from __future__ import annotations
 
