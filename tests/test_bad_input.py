@@ -19,7 +19,7 @@ import torch
 
 import generate
 import judge
-from conftest import shared_file
+from conftest import small_tokenizer
 from srlm import loop
 from srlm.checkpoint import save_model
 from srlm.cli import run_cli
@@ -35,7 +35,19 @@ def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("bad_input") / "m"
     save_model(Llama(ModelArgs.preset("tiny", vocab_size=1000, max_seq_len=256)), path,
-               tokenizer_path=shared_file("sentencepiece_unigram_1000.model"))
+               tokenizer_path=small_tokenizer())
+    return path
+
+
+def oasst_trees(path: Path, n: int) -> Path:
+    """n conversation trees in the OASST export layout: a prompt with two ranked English replies."""
+    def msg(mid, role, text, rank=None, replies=()):
+        return {"message_id": mid, "role": role, "text": text, "lang": "en", "rank": rank, "replies": list(replies)}
+
+    trees = [{"message_tree_id": f"t{i}", "prompt": msg(f"p{i}", "prompter", f"Question {i}?", replies=[
+        msg(f"a{i}", "assistant", f"A good answer to {i}.", 0), msg(f"b{i}", "assistant", "Not sure.", 1)])}
+        for i in range(n)]
+    path.write_text("".join(json.dumps(t) + "\n" for t in trees))
     return path
 
 
@@ -332,7 +344,7 @@ def test_train_model_config_and_tokenizer_problems_are_one_line(tmp_path, capsys
 def test_oasst_checks_trees_and_judge_model_before_writing(tmp_path, capsys):
     from srlm import oasst
 
-    trees = shared_file("oasst1_en_100_trees.jsonl")
+    trees = oasst_trees(tmp_path / "all.jsonl", 8)
     out = tmp_path / "out"
     line = fails(capsys, oasst.main, "python -m srlm.oasst",
                  ["--trees", trees, "--out-dir", out, "--judge-model", tmp_path / "nope"])
@@ -402,12 +414,11 @@ def test_smollm2_and_data_build_never_replace_what_is_not_theirs(tmp_path, capsy
 def test_oasst_never_replaces_its_outputs_with_fewer_rows(tmp_path, capsys):
     from srlm import oasst
 
-    trees = shared_file("oasst1_en_100_trees.jsonl")
+    trees = oasst_trees(tmp_path / "all.jsonl", 40)
     out = tmp_path / "out"
     oasst.main(["--trees", str(trees), "--out-dir", str(out)])
     before = snapshot(out)
-    few = tmp_path / "few.jsonl"
-    few.write_bytes(b"".join(trees.read_bytes().splitlines(keepends=True)[:10]))
+    few = oasst_trees(tmp_path / "few.jsonl", 4)
     line = fails(capsys, oasst.main, "python -m srlm.oasst", ["--trees", few, "--out-dir", out])
     assert re.search(r"out/\w+\.jsonl: would replace its \d+ rows with \d+", line), line
     assert snapshot(out) == before
