@@ -127,6 +127,29 @@ def step(name: str, output: Path, fn) -> None:
 RESTARTABLE = ("device", "iterations", "skip_eval", "run_dir")
 
 
+def check_values(a, s: dict) -> None:
+    """The settings that are numbers (counts, rates, thresholds) and the run directory, by flag."""
+    run_dir = Path(a.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DataError(f"{run_dir}: --run-dir must be a folder (or not exist yet); this is a file")
+    for key in ("num_prompts", "n_candidates", "n_judgements", "max_new_tokens", "judge_max_new_tokens",
+                "prompt_max_new_tokens", "eval_max_new_tokens", "sft_batch_size", "dpo_batch_size"):
+        if s[key] < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {s[key]}")
+    for key in ("sft_epochs", "dpo_epochs", "sft_lr", "dpo_lr", "beta"):
+        if not s[key] > 0:
+            raise ValueError(f"--{key.replace('_', '-')} must be > 0, got {s[key]}")
+    for key in ("prompt_temperature", "response_temperature", "judge_temperature"):
+        if not s[key] >= 0:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 0, got {s[key]}")
+    if not 0 < s["top_p"] <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {s['top_p']}")
+    if not 0 < s["similarity_threshold"] <= 1:
+        raise ValueError(f"--similarity-threshold must be in (0, 1], got {s['similarity_threshold']}")
+    if s["eval_own_samples"] < 0 or a.iterations < 0:
+        raise ValueError("--eval-own-samples and --iterations must be >= 0")
+
+
 def check_inputs(a, s: dict) -> dict:
     """Read and check every input before anything is written; returns their content hashes.
 
@@ -139,26 +162,7 @@ def check_inputs(a, s: dict) -> dict:
     from srlm.prompts import read_prompt_pool
     from srlm.tokenizer import load_tokenizer
 
-    run_dir = Path(a.run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise DataError(f"{run_dir}: --run-dir must be a folder (or not exist yet); this is a file")
-    counts = ("num_prompts", "n_candidates", "n_judgements", "max_new_tokens", "judge_max_new_tokens",
-              "prompt_max_new_tokens", "eval_max_new_tokens", "sft_batch_size", "dpo_batch_size")
-    for key in counts:
-        if s[key] < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {s[key]}")
-    for key in ("sft_epochs", "dpo_epochs", "sft_lr", "dpo_lr", "beta"):
-        if not s[key] > 0:
-            raise ValueError(f"--{key.replace('_', '-')} must be > 0, got {s[key]}")
-    if s["eval_own_samples"] < 0 or a.iterations < 0:
-        raise ValueError("--eval-own-samples and --iterations must be >= 0")
-    if not 0 < s["similarity_threshold"] <= 1:
-        raise ValueError(f"--similarity-threshold must be in (0, 1], got {s['similarity_threshold']}")
-    for key in ("prompt_temperature", "response_temperature", "judge_temperature"):
-        if not s[key] >= 0:
-            raise ValueError(f"--{key.replace('_', '-')} must be >= 0, got {s[key]}")
-    if not 0 < s["top_p"] <= 1:
-        raise ValueError(f"--top-p must be in (0, 1], got {s['top_p']}")
+    check_values(a, s)
     base = Path(a.base_model)
     if not base.is_dir():
         raise CheckpointError(f"{base}: --base-model directory not found")
