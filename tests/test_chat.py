@@ -1,4 +1,5 @@
-"""Tests for srlm/chat.py and srlm/hf_tokenizer.py: chat formats as units, tokenizer.json, loss masks.
+"""Tests for srlm/chat.py: chat formats as units and over a checkpoint's tokenizer.json, loss masks.
+(The tokenizer.json reader itself: tests/test_hf_tokenizer.py.)
 
 The ChatML reference is transformers' apply_chat_template on a small byte-level BPE tokenizer.json
 trained here (skipped without `tokenizers` / `transformers`); tests/test_real_model.py repeats the
@@ -97,15 +98,6 @@ def test_read_chat_template_from_tokenizer_config(tmp_path):
 
 
 # ---- ChatML over tokenizer.json ----
-def test_hf_tokenizer_special_ids_from_the_checkpoint(chatml_dir):
-    tok = load_tokenizer(chatml_dir)
-    assert type(tok).__name__ == "HFTokenizer" and tok.chat.name == "chatml"
-    assert (tok.bos_id, tok.eos_id, tok.tokenizer_pad_id) == (1, 2, 2)
-    assert tok.pad_id == 0 and not tok.add_bos  # this post-processor writes no BOS, so neither do we
-    assert tok.encode("Paris", bos=True) == tok.encode("Paris")
-    assert tok.special_ids() == {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
-
-
 def test_chatml_prompt_text_and_ids(chatml_dir):
     tok = load_tokenizer(chatml_dir)
     ids = tok.encode_prompt("Hi there")
@@ -169,23 +161,6 @@ def test_chatml_over_sentencepiece_without_markers_is_an_error():
     assert isinstance(tok, Tokenizer) and tok.chat.name == "llama2"
     with pytest.raises(ValueError, match=r"tokenizer\.model: the tokenizer has no piece '<\|im_end\|>'"):
         load_tokenizer(DATA / "tokenizer.model", chat="chatml")
-
-
-def test_hf_tokenizer_errors(tmp_path, chatml_dir, monkeypatch):
-    import shutil
-    import sys
-
-    shutil.copyfile(chatml_dir / "tokenizer.json", tmp_path / "tokenizer.json")
-    with pytest.raises(ValueError, match=r"tokenizer\.json: no eos token"):
-        load_tokenizer(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": [2, 0]}))  # Llama-3 style list
-    assert load_tokenizer(tmp_path).eos_id == 2
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|nope|>"}))
-    with pytest.raises(ValueError, match=r"no token '<\|nope\|>'"):
-        load_tokenizer(tmp_path)
-    monkeypatch.setitem(sys.modules, "tokenizers", None)
-    with pytest.raises(ImportError, match=r"tokenizer\.json needs the optional `tokenizers` package"):
-        load_tokenizer(chatml_dir)
 
 
 def test_save_keeps_tokenizer_files_and_template(chatml_dir, tmp_path):
