@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from conftest import byte_level_bpe
 from srlm.tokenizer import load_tokenizer
 
 tokenizers = pytest.importorskip("tokenizers")
@@ -21,14 +22,9 @@ TEXTS = ["The capital of France is Paris.", "  two  spaces ", "é ü 汉字 🙂
 def bpe_dir(root, name, bos_post_processor=False):
     """A tiny byte-level BPE tokenizer.json with <|endoftext|> <|im_start|> <|im_end|> as ids 0-2 and a
     tokenizer_config.json naming them (SmolLM2's layout); optionally a post-processor that writes BOS."""
-    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
 
-    tk = tokenizers.Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tk.train_from_iterator(TEXTS * 20, trainer)
+    tk = byte_level_bpe(TEXTS * 20, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], vocab_size=300)
     if bos_post_processor:
         tk.post_processor = processors.TemplateProcessing(single="<|im_start|> $A", special_tokens=[("<|im_start|>", 1)])
     d = root / name
