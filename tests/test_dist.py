@@ -31,6 +31,9 @@ def test_shard_takes_every_world_size_th_item_from_rank():
 
 
 TWO_RANKS = r"""
+import sys
+from pathlib import Path
+
 import torch
 from srlm import dist
 rank, world, device = dist.init_distributed("cpu")
@@ -44,7 +47,7 @@ else:
 assert same == "from rank 0", same
 dist.barrier()
 dist.cleanup()
-print("ok", rank)
+Path(sys.argv[1], f"rank{rank}.ok").write_text("ok")  # a file each: the ranks' stdout lines can interleave
 """
 
 
@@ -53,6 +56,6 @@ def test_two_gloo_ranks_gather_to_rank_0_and_broadcast_from_it(tmp_path):
     script.write_text(TWO_RANKS)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-                           str(script)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+                           str(script), str(tmp_path)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(line for line in proc.stdout.splitlines() if line.startswith("ok")) == ["ok 0", "ok 1"]
+    assert sorted(p.name for p in tmp_path.glob("*.ok")) == ["rank0.ok", "rank1.ok"]
