@@ -41,6 +41,7 @@ from pathlib import Path
 
 from srlm import dist
 from srlm.chat import FORMATS
+from srlm.io import DataError
 from srlm.loading import DTYPES, load_for_inference
 from srlm.metrics import format_metrics
 from srlm.pairs import JudgeSettings, judge_groups, load_candidates, load_groups, write_pairs
@@ -87,6 +88,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     s.check()                                             # bad inputs fail before the model loads
     load_groups(inp) if a.eval else load_candidates(inp)
     judgements = Path(a.judgements or inp.parent / ("eval_judgements.jsonl" if a.eval else "judgements.jsonl"))
+    for flag, path in (("--judgements", judgements), ("--pairs", a.pairs), ("--summary", a.summary),
+                       ("--metrics", a.metrics)):
+        if path is not None and Path(path).is_dir():
+            raise DataError(f"{path}: {flag} must be a file, this is a folder")
     rank, world_size, device = dist.init_distributed(a.device)
     model, tokenizer = load_for_inference(a.model, device=device, dtype=DTYPES[a.dtype] if a.dtype else None, chat=a.chat)
     if a.eval:

@@ -313,7 +313,11 @@ def test_generate_and_judge_refuse_sampling_settings_before_loading(tmp_path, ca
                            (["--k", "0"], "--k must be >= 1, got 0"),
                            (["--chunk-size", "0"], "--chunk-size must be >= 1, got 0")]:
         assert message in fails(capsys, judge.main, "judge.py", ["--model", nowhere, "--input", prompts, *extra])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.jsonl"]
+    candidates = tmp_path / "candidates.jsonl"
+    write_jsonl(candidates, [{"id": "a", "prompt": "q", "candidates": ["x", "y"]}])
+    line = fails(capsys, judge.main, "judge.py", ["--model", nowhere, "--input", candidates, "--pairs", tmp_path])
+    assert "--pairs must be a file, this is a folder" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["candidates.jsonl", "prompts.jsonl"]
 
 
 # ---- train.py ----
