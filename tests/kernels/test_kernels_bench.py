@@ -1,7 +1,7 @@
 """Tests for kernels/bench.py: the FLOP count on hand numbers, the baselines compute what the kernel
 computes (so the benchmark times like against like), and the CPU log-probs run end to end.
 
-    python -m pytest -q tests/kernels/test_bench.py
+    python -m pytest -q tests/kernels/test_kernels_bench.py
 """
 import pytest
 import torch
