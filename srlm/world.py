@@ -363,12 +363,6 @@ def answer_correct(task: Task, response: str) -> bool:
     return bool(cands) and cands[-1] == _normalised_answer(task)
 
 
-def correct_prompt(prompt: str, response: str) -> bool | None:
-    """answer_correct for a prompt given as text; None when the prompt matches no task."""
-    task = parse_task(prompt)
-    return None if task is None else answer_correct(task, response)
-
-
 def grade_prompt(prompt: str, response: str) -> int | None:
     """Grade a response to a prompt given as text; None when the prompt matches no task."""
     task = parse_task(prompt)

@@ -222,8 +222,7 @@ def test_the_grader_never_reaches_training(micro, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the world's grader was called during training")
 
-    for name in ("grade", "criteria", "candidates", "answer_correct", "is_exact", "parse_task", "grade_prompt",
-                 "correct_prompt"):
+    for name in ("grade", "criteria", "candidates", "answer_correct", "is_exact", "parse_task", "grade_prompt"):
         monkeypatch.setattr(world, name, boom)
     run_dir = micro / "grader_free"
     loop.main(loop_args(micro, run_dir) + ["--skip-eval"])
