@@ -150,12 +150,17 @@ def check_values(a, s: dict) -> None:
         raise ValueError("--eval-own-samples and --iterations must be >= 0")
 
 
+# M0's weights are read in full up front when they are at most this large (SmolLM2-135M in float32
+# is 0.54 GB); a larger M0 gets its config and tokenizer checked here and its weights when SFT loads them.
+MAX_CHECKED_BYTES = 2 * 2**30
+
+
 def check_inputs(a, s: dict) -> dict:
     """Read and check every input before anything is written; returns their content hashes.
 
     A bad file fails here with its DataError/CheckpointError (file, line, key), not after SFT.
     """
-    from srlm.checkpoint import CheckpointError, load_hf_args
+    from srlm.checkpoint import CheckpointError, load_hf_args, load_model
     from srlm.data import load_rows
     from srlm.judge import load_template, parse_score
     from srlm.pairs import load_groups
@@ -168,6 +173,9 @@ def check_inputs(a, s: dict) -> dict:
         raise CheckpointError(f"{base}: --base-model directory not found")
     if (base / "config.json").is_file():
         load_hf_args(base)
+    weights = [f for pattern in ("*.safetensors", "consolidated.*.pth") for f in base.glob(pattern)]
+    if sum(f.stat().st_size for f in weights) <= MAX_CHECKED_BYTES:
+        load_model(base)  # every tensor read and checked (names, shapes, finite) before anything is written
     load_tokenizer(a.tokenizer or base, a.chat)
     load_rows([a.ift, a.eft], "sft")
     read_prompt_pool(a.seed_prompts)

@@ -234,6 +234,25 @@ def test_loop_checks_inputs_before_writing_anything(tmp_path, capsys):
     assert not run_dir.exists()
 
 
+def test_loop_reads_m0s_weights_before_writing_anything(tmp_path, capsys):
+    """A NaN inside M0's weights is found before the run directory exists (not when SFT loads M0)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    if not (DATA / "m0" / "config.json").is_file():
+        pytest.skip("data/ has not been built")
+    bad = tmp_path / "m0"
+    shutil.copytree(DATA / "m0", bad)
+    state = load_file(bad / "model.safetensors")
+    state["model.layers.0.mlp.down_proj.weight"][0, 0] = float("nan")
+    save_file(state, bad / "model.safetensors", metadata={"format": "pt"})
+    run_dir = tmp_path / "run"
+    line = fails(capsys, loop.main, "python -m srlm.loop", loop_args(run_dir, "--base-model", bad))
+    assert "m0/model.safetensors: " in line and "layers.0.feed_forward.w2.weight" in line and "non-finite" in line
+    assert not run_dir.exists()
+
+
 def test_loop_chat_format_is_checked_up_front_and_reaches_training(tmp_path, capsys, monkeypatch):
     if not (DATA / "m0" / "config.json").is_file():
         pytest.skip("data/ has not been built")
