@@ -172,7 +172,12 @@ def check_inputs(a, s: dict) -> dict:
     if not base.is_dir():
         raise CheckpointError(f"{base}: --base-model directory not found")
     if (base / "config.json").is_file():
-        load_hf_args(base)
+        context = load_hf_args(base).max_seq_len
+        for key in ("max_new_tokens", "judge_max_new_tokens", "prompt_max_new_tokens", "eval_max_new_tokens"):
+            if s[key] >= context:  # every prompt would be skipped as too long: empty answers, no error
+                raise ValueError(f"--{key.replace('_', '-')} {s[key]} leaves no room for a prompt in M0's context "
+                                 f"({base / 'config.json'}: {context} tokens); the {a.settings!r} settings do not "
+                                 f"fit this model: pass smaller values or --settings tiny")
     weights = [f for pattern in ("*.safetensors", "consolidated.*.pth") for f in base.glob(pattern)]
     if sum(f.stat().st_size for f in weights) <= MAX_CHECKED_BYTES:
         load_model(base)  # every tensor read and checked (names, shapes, finite) before anything is written

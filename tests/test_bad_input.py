@@ -248,8 +248,20 @@ def test_loop_reads_m0s_weights_before_writing_anything(tmp_path, capsys):
     state["model.layers.0.mlp.down_proj.weight"][0, 0] = float("nan")
     save_file(state, bad / "model.safetensors", metadata={"format": "pt"})
     run_dir = tmp_path / "run"
-    line = fails(capsys, loop.main, "python -m srlm.loop", loop_args(run_dir, "--base-model", bad))
+    line = fails(capsys, loop.main, "python -m srlm.loop", loop_args(run_dir, "--base-model", bad, "--settings", "tiny"))
     assert "m0/model.safetensors: " in line and "layers.0.feed_forward.w2.weight" in line and "non-finite" in line
+    assert not run_dir.exists()
+
+
+def test_loop_refuses_answer_lengths_that_leave_no_room_for_a_prompt(tmp_path, capsys):
+    """The paper's settings (512-token answers) on a model with a 512-token context would skip every
+    prompt as too long and report empty answers; it is refused before anything is written."""
+    if not (DATA / "m0" / "config.json").is_file():
+        pytest.skip("data/ has not been built")
+    run_dir = tmp_path / "run"
+    line = fails(capsys, loop.main, "python -m srlm.loop", loop_args(run_dir, "--settings", "paper"))
+    assert "--max-new-tokens 512 leaves no room for a prompt in M0's context" in line
+    assert "m0/config.json: 512 tokens" in line and "--settings tiny" in line
     assert not run_dir.exists()
 
 
