@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -62,18 +61,12 @@ def pick_prompts(n: int, prompts: Optional[str] = None, max_chars: int = 300) ->
     return [{"id": str(r.get("id", i)), "prompt": r["prompt"]} for i, r in enumerate(rows[:n])], source
 
 
-def judge_report(judgements: list[dict]) -> dict:
-    """Parse rate and score histogram of judgements.jsonl rows ("scores": one entry per judgement,
-    None where no score could be parsed), plus a few unparsed judgements to look at."""
-    scores = [s for r in judgements for s in r["scores"]]
-    parsed = [s for s in scores if s is not None]
-    unparsed = [t for r in judgements for t, s in zip(r["judgements"], r["scores"]) if s is None]
-    empty = sum(t == "" for t in unparsed)  # the judge prompt filled the model's context (make_model_judge)
-    hist = Counter(int(s) if float(s).is_integer() else s for s in parsed)
-    return {"judgements": len(scores), "parsed": len(parsed),
-            "parse_rate": len(parsed) / len(scores) if scores else 0.0,
-            "score_histogram": {str(k): hist[k] for k in sorted(hist)}, "no_room": empty,
-            "unparsed_examples": [t[:200] for t in unparsed if t][:3]}
+def unparsed(judgements: list[dict]) -> dict:
+    """What the judge wrote where no score could be parsed (judgements.jsonl rows: "judgements",
+    and "scores" with None for those): how many were empty because the judge prompt filled the
+    model's whole context (make_model_judge), and a few of the others to look at."""
+    texts = [t for r in judgements for t, s in zip(r["judgements"], r["scores"]) if s is None]
+    return {"no_room": sum(t == "" for t in texts), "unparsed_examples": [t[:200] for t in texts if t][:3]}
 
 
 def speed_vs_transformers(model_dir, model, tok, prompt: str, batch_sizes=(1, 16), new_tokens: int = 32,
@@ -125,8 +118,11 @@ def run(a: argparse.Namespace) -> dict:
     js = JudgeSettings(k=a.k, template=a.template, score_pattern=a.score_pattern,
                        max_new_tokens=a.judge_max_new_tokens, seed=a.seed, batch_size=a.batch_size)
     stats = write_pairs(model, tok, out / "candidates.jsonl", out / "judgements.jsonl", out / "pairs.jsonl", js)
-    report["judging"] = {**judge_report(read_jsonl(out / "judgements.jsonl")),
-                         "pairs": stats.get("pairs", len(read_jsonl(out / "pairs.jsonl"))),
+    n = stats["judgements"]  # the same summary judge.py writes to judge_summary.json
+    report["judging"] = {"judgements": n, "parsed": n - stats["parse_failures"],
+                         "parse_rate": 1 - stats["parse_failure_rate"],
+                         "score_histogram": {k: v for k, v in stats["score_histogram"].items() if v},
+                         **unparsed(read_jsonl(out / "judgements.jsonl")), "pairs": stats["pairs"],
                          "seconds": round(time.perf_counter() - t0, 1)}
 
     # 4. one DPO step on whatever pairs there are
@@ -139,7 +135,7 @@ def run(a: argparse.Namespace) -> dict:
                                     out=str(out / "dpo"), max_steps=1, batch_size=len(pairs), micro_batch_size=1,
                                     seed=a.seed, progress=False))
         report["dpo"] = {"pairs": len(pairs), "steps": 1, "seconds": round(time.perf_counter() - t0, 1),
-                         **{k: metrics[k] for k in ("loss", "rewards/accuracy", "rewards/margin") if k in metrics}}
+                         **{k: metrics[k] for k in ("loss", "rewards/accuracies", "rewards/margins")}}
     else:
         report["dpo"] = {"skipped": "no pairs: the judge gave no two answers of one prompt different parsed "
                                     "scores. Fine-tune the judge on EFT data first: python -m srlm.oasst "
