@@ -6,8 +6,8 @@ grader), drawn from one seeded random.Random, so the same --seed rebuilds the sa
     ift.jsonl            seed instruction-following data {"prompt", "response"}: correct answers,
                          about half bare (grade 5), half one sentence with extra words (grade 4)
     eft.jsonl            seed judge-training data {"prompt": judge prompt (compact template),
-                         "response": "<reason>\\nScore: s"}; s is the grader's score, every score
-                         0..5 equally often
+                         "response": "<worked solution>\\n<check and verdict>\\nScore: s"}; s is the
+                         grader's score, every score 0..5 equally often
     seed_prompts.jsonl   the IFT prompts as a prompts.jsonl {"id", "prompt", "source": "seed"}:
                          the pool that self-instruction draws its few-shot examples from
     eval_prompts.jsonl   held-out prompts {"id", "prompt", "family"}
@@ -15,16 +15,17 @@ grader), drawn from one seeded random.Random, so the same --seed rebuilds the sa
                          4 replies of distinct grader scores, rank 0 = best
     eval_tellfree.jsonl  the same questions as tell-free groups {..., "correct", "styles"}: the right
                          and a wrong answer, each bare, in a sentence and hedged
-    pretrain.jsonl       the base-model corpus {"text"}: worked exercises in plain prose, grading
-                         notes, lists of requests (no answers), spellings, digits and letters;
-                         no chat format
+    pretrain.jsonl       the base-model corpus {"text"}: exercises with answers, exercises worked
+                         step by step, grading notes, check drills (a result beside a reply's
+                         answer: match or differ), lists of requests (no answers), spellings,
+                         digits and letters; no chat format
     tokenizer.model      SentencePiece BPE trained on all of the text above
     m0/                  the tiny base model M0, pretrained with our own `train.py --stage pretrain`
 
 No question of the held-out sets (compared by task, not wording: "What is 2 + 3?" and "Add 2 and
 3." are the same question) appears in the seed data or the corpus.
 
-    python -m data.build                 # everything, ~7 minutes on an idle 2-core CPU
+    python -m data.build                 # everything, ~30 minutes on a 2-core CPU
     python -m data.build --skip-model    # only the text files and the tokenizer (seconds)
 """
 from __future__ import annotations
@@ -41,8 +42,8 @@ from pathlib import Path
 from srlm.io import DataError, write_json, write_jsonl
 from srlm.judge import COMPACT_TEMPLATE, judge_prompt
 from srlm.self_instruct import build_few_shot_prompt
-from srlm.world import (FAMILY_NAMES, LETTERS, WORDS, Task, crossed_replies, grade, judgement_text,
-                        response_of_quality, sample_task)
+from srlm.world import (FAMILY_NAMES, LETTERS, WORDS, Task, crossed_replies, grade,
+                        judgement_text, reply_answer, response_of_quality, sample_task, working)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,18 +125,28 @@ def ift_rows(tasks: list[Task], rng: random.Random, share_bare: float = 0.5) -> 
             for t in tasks]
 
 
+# How often each grader score appears in the judge's seed data and grading notes, weighted towards
+# wrong answers (score 2). With every score equally often, three in four judgements that check an
+# answer say "they match", and M1 learnt to write its worked result where the reply's answer belongs
+# and conclude "match" every time (measured: its verdict was "right" on all of its own samples).
+# In eft.jsonl, with 3 distinct scores per question, a wrong answer can be at most a third of the
+# rows, and is: 1/3 wrong, 1/6 each for scores 4 and 5, 1/9 each for 0, 1 and 3.
+SCORE_WEIGHTS = (1, 1, 4, 1, 1.5, 1.5)
+
+
 def eft_rows(tasks: list[Task], rng: random.Random, per_task: int = 3) -> list[dict]:
-    """`per_task` judgements per task with distinct scores; the least-used scores go first, so
-    over the whole set each score 0..5 appears equally often (the paper rebalances too)."""
+    """`per_task` judgements per task with distinct scores; the scores furthest below their share
+    (SCORE_WEIGHTS) go first, so over the whole set each score appears in proportion to its weight
+    (the paper rebalances its judge data too)."""
     counts = [0] * 6
     rows = []
     for task in tasks:
-        order = sorted(range(6), key=lambda s: (counts[s], rng.random()))
+        order = sorted(range(6), key=lambda s: (counts[s] / SCORE_WEIGHTS[s], rng.random()))
         for s in sorted(order[:per_task]):
             counts[s] += 1
             response = response_of_quality(task, s, rng)
             rows.append({"prompt": judge_prompt(task.prompt, response, template=COMPACT_TEMPLATE),
-                         "response": judgement_text(task, s)})
+                         "response": judgement_text(task, response, s)})
     rng.shuffle(rows)
     return rows
 
@@ -164,10 +175,33 @@ def _exercise_sheet(tasks: list[Task], rng: random.Random) -> str:
 def _grading_notes(tasks: list[Task], rng: random.Random) -> str:
     notes = []
     for t in tasks:
-        s = rng.randrange(6)
-        notes.append(f"Question: {t.prompt}\nAnswer: {response_of_quality(t, s, rng)}\n"
-                     f"{judgement_text(t, s)}")
+        s = rng.choices(range(6), weights=SCORE_WEIGHTS)[0]
+        reply = response_of_quality(t, s, rng)
+        notes.append(f"Question: {t.prompt}\nAnswer: {reply}\n{judgement_text(t, reply, s)}")
     return "Grading notes. Each answer earns one point per criterion met, up to 5.\n\n" + "\n\n".join(notes)
+
+
+def _worked_sheet(tasks: list[Task]) -> str:
+    """Exercises solved step by step (the judge's worked solutions), then the answer."""
+    return "\n\n".join(f"Question: {t.prompt}\n{working(t)}\nAnswer: {t.answer}" for t in tasks)
+
+
+def _check_drill(tasks: list[Task], rng: random.Random) -> str:
+    """Replies, each followed by the last step of a judgement: the worked result beside the reply's
+    answer, and whether they match.
+
+    That step reads the answer out of the reply and compares it with a result in context; a small
+    model learns both only from many examples, half right answers and half near misses (one digit,
+    one letter or two items apart), in every wording.
+    """
+    lines = []
+    for t in tasks:
+        reply = response_of_quality(t, rng.choice((2, 2, 2, 4, 5)), rng)
+        said = reply_answer(t, reply)
+        verdict = "they match, so it is right" if said == t.answer.lower() or said == t.answer else \
+            "they differ, so it is wrong"
+        lines.append(f"Answer: {reply}\nThat gives {t.answer}. The reply says {said}: {verdict}.")
+    return "\n\n".join(lines)
 
 
 def _request_list(tasks: list[Task]) -> str:
@@ -186,7 +220,8 @@ def _spellings(words: list[str]) -> str:
     return "\n".join(f"The word {w} is spelled {' '.join(w)}." for w in words)
 
 
-def pretrain_rows(rng: random.Random, taken: set, n_sheets: int, n_notes: int, n_lists: int) -> list[dict]:
+def pretrain_rows(rng: random.Random, taken: set, n_sheets: int, n_notes: int, n_lists: int,
+                  n_worked: int = 0, n_drills: int = 0) -> list[dict]:
     docs = []
     for _ in range(n_sheets):
         docs.append(_exercise_sheet(draw_tasks(rng, 8, taken, unique=False), rng))
@@ -194,6 +229,10 @@ def pretrain_rows(rng: random.Random, taken: set, n_sheets: int, n_notes: int, n
         docs.append(_grading_notes(draw_tasks(rng, 4, taken, unique=False), rng))
     for _ in range(n_lists):
         docs.append(_request_list(draw_tasks(rng, 9, taken, unique=False)))
+    for _ in range(n_worked):
+        docs.append(_worked_sheet(draw_tasks(rng, 4, taken, unique=False)))
+    for _ in range(n_drills):
+        docs.append(_check_drill(draw_tasks(rng, 12, taken, unique=False), rng))
     words = list(WORDS)
     for _ in range(4):
         rng.shuffle(words)
@@ -209,8 +248,8 @@ def pretrain_rows(rng: random.Random, taken: set, n_sheets: int, n_notes: int, n
 # ----------------------------------------------------------------------------- the whole text set
 
 def build_text(seed: int = 0, n_eval: int = 110, n_groups: int = 55, n_ift: int = 495,
-               n_eft_tasks: int = 132, n_sheets: int = 1500, n_notes: int = 500,
-               n_lists: int = 400) -> dict[str, list[dict]]:
+               n_eft_tasks: int = 396, n_sheets: int = 1500, n_notes: int = 1000,
+               n_lists: int = 400, n_worked: int = 1500, n_drills: int = 1500) -> dict[str, list[dict]]:
     """All JSONL files of the world as {file name: rows}; the same arguments give the same rows.
 
     Held-out sets are drawn first and their questions reserved; IFT and EFT questions are
@@ -229,7 +268,7 @@ def build_text(seed: int = 0, n_eval: int = 110, n_groups: int = 55, n_ift: int 
         "ift.jsonl": ift_rows(ift_tasks, rng),
         "seed_prompts.jsonl": seed_prompt_rows(ift_tasks),
         "eft.jsonl": eft_rows(eft_tasks, rng),
-        "pretrain.jsonl": pretrain_rows(rng, held_out, n_sheets, n_notes, n_lists),
+        "pretrain.jsonl": pretrain_rows(rng, held_out, n_sheets, n_notes, n_lists, n_worked, n_drills),
         # the same held-out questions as eval_groups.jsonl, from a second generator, so adding
         # this file changed no other file (and not M0)
         "eval_tellfree.jsonl": tellfree_rows(group_tasks, random.Random(seed + 1)),
@@ -307,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=DATA_DIR, help="folder to write into (default: data/)")
     p.add_argument("--vocab-size", type=int, default=640)
-    p.add_argument("--pretrain-steps", type=int, default=1600, help="optimizer steps of 16 documents")
+    p.add_argument("--pretrain-steps", type=int, default=3000, help="optimizer steps of 16 documents")
     p.add_argument("--pretrain-lr", type=float, default=2e-3, help="peak learning rate (decays to a tenth)")
     p.add_argument("--skip-model", action="store_true", help="write the text files and tokenizer only")
     args = p.parse_args(argv)

@@ -63,7 +63,10 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 # and fewer, shorter samples to learn anything within minutes. Its prompts come from templates
 # ("Reverse the word X."), so two prompts of one task family share most words: ROUGE-L 0.75-0.9
 # apart from the argument. Self-Instruct's 0.7 would reject whole families as near-duplicates;
-# 0.9 rejects only repeats of the same question.
+# 0.9 rejects only repeats of the same question. The tiny model's prompts come from M0, a fixed
+# writer (the paper too wrote its new prompts with a fixed model): the chat-tuned M_t continues
+# few-shot request lists far less faithfully, and a prompt that matches no task gives a pair nobody,
+# judge or grader, can check. Judgements work the question out step by step, hence 160 tokens.
 SETTINGS = {
     "paper": dict(num_prompts=1000, n_candidates=4, n_judgements=3, judge_template="default",
                   prompt_temperature=0.6, response_temperature=0.7, judge_temperature=0.7, top_p=0.9,
@@ -73,10 +76,10 @@ SETTINGS = {
                   eval_max_new_tokens=512, prompt_model="current", similarity_threshold=0.7, eval_own_samples=0),
     "tiny": dict(num_prompts=96, n_candidates=4, n_judgements=3, judge_template="compact",
                  prompt_temperature=0.6, response_temperature=0.7, judge_temperature=0.7, top_p=0.9,
-                 max_new_tokens=24, judge_max_new_tokens=64, prompt_max_new_tokens=48,
+                 max_new_tokens=24, judge_max_new_tokens=160, prompt_max_new_tokens=48,
                  sft_lr=1e-3, sft_min_lr=1e-4, sft_epochs=2.0, sft_batch_size=16, sft_dropout=0.1,
                  dpo_lr=1e-4, dpo_min_lr=1e-5, dpo_epochs=1.0, dpo_batch_size=16, beta=0.1,
-                 eval_max_new_tokens=24, prompt_model="current", similarity_threshold=0.9, eval_own_samples=4),
+                 eval_max_new_tokens=24, prompt_model="base", similarity_threshold=0.9, eval_own_samples=4),
 }
 
 HELP = {

@@ -11,7 +11,10 @@ program knows the right answer. This module is that world:
 - `grade(task, response)` scores a response 0-5 with an additive rubric shaped like the judge
   prompt's (below); `is_exact` is exact-answer accuracy;
 - `responses_of_each_quality(task, rng)` writes one response per score 0..5, used for the EFT
-  seed data, the held-out ranked groups and the base-model corpus (data/build.py).
+  seed data, the held-out ranked groups and the base-model corpus (data/build.py);
+- `working(task)` is the judge's worked solution (one digit fact, comparison or count per step)
+  and `judgement_text(task, reply, score)` the whole judgement the EFT data teaches: the worked
+  solution, the reply's answer beside it, the verdict, the rubric's reason, `Score: s`.
 
 The rubric (one point per criterion; a criterion counts only when every one before it holds,
 so the score is the number of leading criteria met):
@@ -378,15 +381,118 @@ REASONS = {
     5: "is exactly the correct answer, nothing extra",
 }
 
+# ----------------------------------------------------------------------------- worked solutions
+# The judge may think before it scores, the answer may not: the rubric asks for a bare answer, but
+# the judge prompt asks for a reason first. So the judgement works the question out in small steps,
+# each one local (one digit fact, one comparison of two numbers, one letter, one count), and only
+# then looks at the reply. Checking is then easier than solving in one step, which is what lets a
+# self-rewarding judge prefer right answers its own policy gives only sometimes.
 
-def justification(task: Task, score: int) -> str:
-    """One sentence explaining a score, as a judge would write it: the answer, then the reason."""
-    return f"The expected answer is {task.answer}; the reply {REASONS[score]}."
+_PLACES = ("ones", "tens", "hundreds", "thousands", "ten-thousands")
 
 
-def judgement_text(task: Task, score: int) -> str:
-    """The full judge output the EFT data teaches: a one-sentence reason, then 'Score: s'."""
-    return f"{justification(task, score)}\nScore: {score}"
+def _column_add(a: int, b: int) -> str:
+    da, db = str(a)[::-1], str(b)[::-1]
+    steps, carry = [], 0
+    for i in range(max(len(da), len(db))):
+        x, y = int(da[i]) if i < len(da) else 0, int(db[i]) if i < len(db) else 0
+        total = x + y + carry
+        terms = f"{x} + {y}" + (f" + {carry}" if carry else "")
+        carry = total // 10
+        steps.append(f"{_PLACES[i]} {terms} = {total}" + (", carry 1" if carry else ""))
+    return "; ".join(steps)
+
+
+def _column_sub(a: int, b: int) -> str:
+    """a >= b: digit by digit from the ones, borrowing ten from the next place when needed."""
+    da, db = str(a)[::-1], str(b)[::-1]
+    steps, borrow = [], 0
+    for i in range(len(da)):
+        x, y = int(da[i]) - borrow, int(db[i]) if i < len(db) else 0
+        borrow = int(x < y)
+        steps.append(f"{_PLACES[i]} {x + 10 * borrow} - {y} = {x + 10 * borrow - y}"
+                     + (", borrow 1" if borrow else ""))
+    return "; ".join(steps)
+
+
+def working(task: Task) -> str:
+    """The judge's worked solution of `task`, from the question alone, ending "That gives X."
+
+    >>> working(make_task("length", ("table",)))
+    'Counting: t (1), a (2), b (3), l (4), e (5). That gives 5.'
+    """
+    f, args = task.family, task.args
+    if f == "add":
+        steps = _column_add(*args)
+    elif f == "sub":
+        a, b = args
+        steps = _column_sub(a, b) if a >= b else f"{b} is larger, so the answer is negative: {_column_sub(b, a)}"
+    elif f == "mul":
+        a, b = args
+        steps = (f"{a} times {b}: " + ", ".join(f"{b * k} ({k})" for k in range(1, a + 1))
+                 if 1 <= a <= 12 else f"{a} times {b}")
+    elif f == "reverse":
+        w = args[0]
+        steps = f"spelled {' '.join(w)}; from the end {' '.join(reversed(w))}"
+    elif f == "upper":
+        w = args[0]
+        steps = f"spelled {' '.join(w)}; in capitals {' '.join(w.upper())}"
+    elif f == "count_letter":
+        c, w = args
+        seen, parts = 0, []
+        for ch in w:
+            seen += ch == c
+            parts.append(f"{ch} ({seen})" if ch == c else ch)
+        steps = f'Counting "{c}": ' + ", ".join(parts)
+    elif f == "length":
+        steps = "Counting: " + ", ".join(f"{ch} ({k})" for k, ch in enumerate(args[0], start=1))
+    elif f == "count_items":
+        steps = "Counting: " + ", ".join(f"{x} ({k})" for k, x in enumerate(args[0], start=1))
+    elif f in ("max", "min"):
+        best, parts = None, []
+        for x in args[0]:
+            best = x if best is None else (max if f == "max" else min)(best, x)
+            parts.append(f"{x} -> {best}")
+        steps = ("Largest" if f == "max" else "Smallest") + " so far: " + ", ".join(parts)
+    elif f == "sort":
+        done, parts = [], []
+        for x in args[0]:  # insertion sort: each step puts one more number in its place
+            done = sorted(done + [x])
+            parts.append(format_list(done))
+        steps = "Inserting one at a time: " + ", ".join(parts)
+    else:
+        raise ValueError(f"no worked solution for family {f!r}")
+    steps = steps[0].upper() + steps[1:]
+    return f"{steps}. That gives {task.answer}."
+
+
+def reply_answer(task: Task, response: str) -> str | None:
+    """The answer a judge reads off a reply: the correct one if it is offered at all, else the last
+    answer offered that is not an echo of the question, else None (no answer of the right kind)."""
+    cands = candidates(task, response if isinstance(response, str) else "")
+    answer = _normalised_answer(task)
+    if answer in cands:
+        return answer
+    fresh = [c for c in cands if c not in _echoes(task)]
+    return fresh[-1] if fresh else None
+
+
+def justification(task: Task, response: str, score: int) -> str:
+    """The judge's reason: the worked solution, the reply's answer beside it, then the rubric's verdict."""
+    said = reply_answer(task, response) if score >= 2 else None
+    if said is None:
+        check = "The reply gives no answer to check."
+    elif said == _normalised_answer(task):
+        check = f"The reply says {said}: they match, so it is right."
+    else:
+        check = f"The reply says {said}: they differ, so it is wrong."
+    return f"{working(task)}\n{check} It {REASONS[score]}."
+
+
+def judgement_text(task: Task, response: str, score: int) -> str:
+    """The full judge output the EFT data teaches: the reason (worked solution, check, verdict),
+    then 'Score: s'."""
+    return f"{justification(task, response, score)}\nScore: {score}"
 
 
 # ----------------------------------------------------------------------------- graded responses

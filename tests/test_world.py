@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from srlm.world import (FAMILIES, FAMILY_NAMES, STYLES, answer_correct, candidates, criteria, crossed_replies,
-                        grade, grade_prompt, is_exact, judgement_text, make_task, parse_task,
+                        grade, grade_prompt, is_exact, judgement_text, make_task, parse_task, reply_answer, working,
                         response_of_quality, responses_of_each_quality, sample_task)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,10 +219,61 @@ def test_responses_of_each_quality_grade_exactly():
 
 def test_judgement_text_parses_with_the_judge_parser():
     from srlm.judge import parse_score
+    rng = random.Random(5)
     for s in range(6):
-        text = judgement_text(ADD, s)
-        assert text.startswith("The expected answer is 68;")
+        reply = response_of_quality(ADD, s, rng)
+        text = judgement_text(ADD, reply, s)
+        assert text.startswith(working(ADD) + "\n")
         assert parse_score(text) == float(s)
+
+
+# Worked solutions, written out by hand: each step is one digit fact, one comparison or one count.
+WORKED = [
+    (("add", (27, 45)), "Ones 7 + 5 = 12, carry 1; tens 2 + 4 + 1 = 7. That gives 72."),
+    (("add", (95, 7)), "Ones 5 + 7 = 12, carry 1; tens 9 + 0 + 1 = 10, carry 1. That gives 102."),
+    (("sub", (71, 28)), "Ones 11 - 8 = 3, borrow 1; tens 6 - 2 = 4. That gives 43."),
+    (("sub", (100, 1)), "Ones 10 - 1 = 9, borrow 1; tens 9 - 0 = 9, borrow 1; hundreds 0 - 0 = 0. That gives 99."),
+    (("sub", (3, 10)), "10 is larger, so the answer is negative: ones 10 - 3 = 7, borrow 1; tens 0 - 0 = 0. "
+                        "That gives -7."),
+    (("mul", (3, 7)), "3 times 7: 7 (1), 14 (2), 21 (3). That gives 21."),
+    (("mul", (20, 3)), "20 times 3. That gives 60."),
+    (("reverse", ("apple",)), "Spelled a p p l e; from the end e l p p a. That gives elppa."),
+    (("upper", ("river",)), "Spelled r i v e r; in capitals R I V E R. That gives RIVER."),
+    (("count_letter", ("a", "banana")), 'Counting "a": b, a (1), n, a (2), n, a (3). That gives 3.'),
+    (("count_letter", ("z", "table")), 'Counting "z": t, a, b, l, e. That gives 0.'),
+    (("length", ("table",)), "Counting: t (1), a (2), b (3), l (4), e (5). That gives 5."),
+    (("count_items", ((34, 17, 8),)), "Counting: 34 (1), 17 (2), 8 (3). That gives 3."),
+    (("max", ((21, 32, 20),)), "Largest so far: 21 -> 21, 32 -> 32, 20 -> 32. That gives 32."),
+    (("min", ((21, 32, 20),)), "Smallest so far: 21 -> 21, 32 -> 21, 20 -> 20. That gives 20."),
+    (("sort", ((40, 19, 44, 23),)), "Inserting one at a time: [40], [19, 40], [19, 40, 44], [19, 23, 40, 44]. "
+                                    "That gives [19, 23, 40, 44]."),
+]
+
+
+@pytest.mark.parametrize("spec,expected", WORKED, ids=[f"{f}-{a}" for (f, a), _ in WORKED])
+def test_worked_solution_written_out(spec, expected):
+    assert working(make_task(*spec)) == expected
+
+
+def test_worked_solution_ends_with_the_answer_for_every_task():
+    rng = random.Random(3)
+    for _ in range(500):
+        task = sample_task(rng)
+        assert working(task).endswith(f"That gives {task.answer}.")
+
+
+def test_judgement_names_the_reply_answer_and_the_verdict():
+    # "Hmm, 68? Or maybe 7." offers the right answer among others: the judge names the right one
+    assert reply_answer(ADD, "Hmm, 68? Or maybe 7.") == "68"
+    assert reply_answer(ADD, "I believe the answer is 70.") == "70"
+    assert reply_answer(ADD, "You add the numbers.") is None
+    assert reply_answer(ADD, "23 + 45") is None          # only echoes of the question
+    text = judgement_text(ADD, "I believe the answer is 70.", 2)
+    assert text == (working(ADD) + "\nThe reply says 70: they differ, so it is wrong. "
+                    "It gives an answer of the right kind, but a wrong one.\nScore: 2")
+    text = judgement_text(ADD, "The answer is 68.", 4)
+    assert "\nThe reply says 68: they match, so it is right. It states the correct answer" in text
+    assert "\nThe reply gives no answer to check. It is off topic.\nScore: 0" in judgement_text(ADD, "Hello.", 0)
 
 
 # ----------------------------------------------------------------------------- committed data/
@@ -284,10 +335,16 @@ def test_data_fields_counts_and_disjointness():
         task = parse_task(m.group(1))
         s = int(r["response"].rsplit("Score: ", 1)[1])
         assert grade(task, m.group(2)) == s
-        assert r["response"] == judgement_text(task, s)
+        assert r["response"] == judgement_text(task, m.group(2), s)
         scores[s] += 1
         eft_tasks.append(task)
-    assert set(scores) == set(range(6)) and max(scores.values()) - min(scores.values()) <= 1
+    # weighted towards wrong answers (build.SCORE_WEIGHTS); with 3 distinct scores per question a
+    # wrong one (2) can be at most a third of the rows, and is: 1/3, then 1/6 each for 4 and 5, 1/9
+    # each for 0, 1 and 3
+    share = {s: n / len(eft) for s, n in scores.items()}
+    assert set(scores) == set(range(6))
+    assert abs(share[2] - 1 / 3) < 0.005 and abs(share[4] - 1 / 6) < 0.005 and abs(share[5] - 1 / 6) < 0.005
+    assert all(abs(share[s] - 1 / 9) < 0.005 for s in (0, 1, 3))
 
     # held-out groups: 4 replies, ranks follow the grader (0 = best), no ties
     group_tasks = []
