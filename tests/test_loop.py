@@ -48,7 +48,7 @@ def loop_args(micro, run_dir):
             "--n-judgements", "2", "--sft-epochs", "1", "--sft-lr", "1e-4", "--dpo-epochs", "2", "--sft-batch-size", "8",
             "--dpo-batch-size", "2", "--max-new-tokens", "6", "--judge-max-new-tokens", "6",
             "--prompt-max-new-tokens", "12", "--eval-max-new-tokens", "6", "--score-pattern", "(?P<score>[0-5])",
-            "--device", "cpu"]
+            "--prompt-model", "current", "--device", "cpu"]  # M_t writes prompts: the case that loads least
 
 
 ARTIFACTS = ["iter1/prompts.jsonl", "iter1/candidates.jsonl", "iter1/judgements.jsonl", "iter1/pairs.jsonl",

@@ -441,3 +441,20 @@ def test_tellfree_groups_file():
         assert g["ranks"] == [sum(o > x for o in graded) for x in graded]
     build = _load_build()
     assert build.build_text(seed=0)["eval_tellfree.jsonl"] == build.build_text(seed=0)["eval_tellfree.jsonl"]
+
+
+def test_corpus_checks_are_consistent():
+    """Every "That gives X. The reply says Y: they match/differ" in the corpus (grading notes and
+    check drills) says "match" exactly when X equals Y, and every worked exercise's last step gives
+    the answer the grader accepts."""
+    corpus = "\n".join(r["text"] for r in _rows("pretrain.jsonl"))
+    checks = re.findall(r"That gives (.+?)\.\s+The reply says (.+?): they (match|differ), so it is (right|wrong)\.",
+                        corpus)
+    assert len(checks) > 10_000
+    assert all((x.lower() == y.lower()) == (v == "match") == (r == "right") for x, y, v, r in checks)
+    assert 0.35 < sum(v == "match" for _, _, v, _ in checks) / len(checks) < 0.65
+    worked = re.findall(r"Question: (.+)\n(.+ That gives (.+?)\.)\nAnswer: (.+)", corpus)
+    assert len(worked) > 1000
+    for prompt, steps, x, answer in worked:
+        task = parse_task(prompt)
+        assert x == answer == task.answer and steps == working(task)
