@@ -64,9 +64,9 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 # ("Reverse the word X."), so two prompts of one task family share most words: ROUGE-L 0.75-0.9
 # apart from the argument. Self-Instruct's 0.7 would reject whole families as near-duplicates;
 # 0.9 rejects only repeats of the same question. The tiny model's prompts come from M0, a fixed
-# writer (the paper too wrote its new prompts with a fixed model): the chat-tuned M_t continues
-# few-shot request lists far less faithfully, and a prompt that matches no task gives a pair nobody,
-# judge or grader, can check. Judgements work the question out step by step, hence 160 tokens.
+# writer: the chat-tuned M_t continues few-shot request lists far less faithfully (in the previous
+# world about half its prompts matched no task), and a pair on such a prompt is one nobody, judge
+# or grader, can check. Judgements work the question out step by step, hence 160 tokens.
 SETTINGS = {
     "paper": dict(num_prompts=1000, n_candidates=4, n_judgements=3, judge_template="default",
                   prompt_temperature=0.6, response_temperature=0.7, judge_temperature=0.7, top_p=0.9,
