@@ -198,8 +198,7 @@ def _check_drill(tasks: list[Task], rng: random.Random) -> str:
     for t in tasks:
         reply = response_of_quality(t, rng.choice((2, 2, 2, 4, 5)), rng)
         said = reply_answer(t, reply)
-        verdict = "they match, so it is right" if said == t.answer.lower() or said == t.answer else \
-            "they differ, so it is wrong"
+        verdict = "they match, so it is right" if said == t.answer else "they differ, so it is wrong"
         lines.append(f"Answer: {reply}\nThat gives {t.answer}. The reply says {said}: {verdict}.")
     return "\n\n".join(lines)
 
