@@ -7,7 +7,7 @@ grader), drawn from one seeded random.Random, so the same --seed rebuilds the sa
                          about half bare (grade 5), half one sentence with extra words (grade 4)
     eft.jsonl            seed judge-training data {"prompt": judge prompt (compact template),
                          "response": "<worked solution>\\n<check and verdict>\\nScore: s"}; s is the
-                         grader's score, every score 0..5 equally often
+                         grader's score, weighted towards wrong answers (SCORE_WEIGHTS)
     seed_prompts.jsonl   the IFT prompts as a prompts.jsonl {"id", "prompt", "source": "seed"}:
                          the pool that self-instruction draws its few-shot examples from
     eval_prompts.jsonl   held-out prompts {"id", "prompt", "family"}
@@ -136,8 +136,8 @@ SCORE_WEIGHTS = (1, 1, 4, 1, 1.5, 1.5)
 
 def eft_rows(tasks: list[Task], rng: random.Random, per_task: int = 3) -> list[dict]:
     """`per_task` judgements per task with distinct scores; the scores furthest below their share
-    (SCORE_WEIGHTS) go first, so over the whole set each score appears in proportion to its weight
-    (the paper rebalances its judge data too)."""
+    (SCORE_WEIGHTS) go first, so over the whole set each score comes as close to its weight's share
+    as distinct scores per task allow (the paper rebalances its judge data too)."""
     counts = [0] * 6
     rows = []
     for task in tasks:
@@ -191,8 +191,8 @@ def _check_drill(tasks: list[Task], rng: random.Random) -> str:
     answer, and whether they match.
 
     That step reads the answer out of the reply and compares it with a result in context; a small
-    model learns both only from many examples, half right answers and half near misses (one digit,
-    one letter or two items apart), in every wording.
+    model learns both only from many examples: two in five right answers, three in five near misses
+    (one digit, one letter or two items apart), in every wording.
     """
     lines = []
     for t in tasks:
