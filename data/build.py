@@ -16,8 +16,8 @@ grader), drawn from one seeded random.Random, so the same --seed rebuilds the sa
     eval_tellfree.jsonl  the same questions as tell-free groups {..., "correct", "styles"}: the right
                          and a wrong answer, each bare, in a sentence and hedged
     pretrain.jsonl       the base-model corpus {"text"}: exercises with answers, exercises worked
-                         step by step, grading notes, check drills (a result beside a reply's
-                         answer: match or differ), lists of requests (no answers), spellings,
+                         step by step, grading notes, check drills (a reply's answer checked
+                         against a worked result digit by digit), lists of requests (no answers), spellings,
                          digits and letters; no chat format
     tokenizer.model      SentencePiece BPE trained on all of the text above
     m0/                  the tiny base model M0, pretrained with our own `train.py --stage pretrain`
@@ -42,7 +42,7 @@ from pathlib import Path
 from srlm.io import DataError, write_json, write_jsonl
 from srlm.judge import COMPACT_TEMPLATE, judge_prompt
 from srlm.self_instruct import build_few_shot_prompt
-from srlm.world import (FAMILY_NAMES, LETTERS, WORDS, Task, crossed_replies, grade,
+from srlm.world import (FAMILY_NAMES, LETTERS, WORDS, Task, comparison, crossed_replies, grade,
                         judgement_text, reply_answer, response_of_quality, sample_task, working)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,19 +187,18 @@ def _worked_sheet(tasks: list[Task]) -> str:
 
 
 def _check_drill(tasks: list[Task], rng: random.Random) -> str:
-    """Replies, each followed by the last step of a judgement: the worked result beside the reply's
-    answer, and whether they match.
+    """Replies checked against a worked solution, unit by unit (a grading note without the score).
 
-    That step reads the answer out of the reply and compares it with a result in context; a small
-    model learns both only from many examples: two in five right answers, three in five near misses
-    (one digit, one letter or two items apart), in every wording.
+    That last step reads the answer out of the reply and compares it with the worked result one
+    digit, letter or item at a time; a small model learns both only from many examples: two in five
+    right answers, three in five near misses (one digit, one letter or two items apart), in every
+    wording. The worked solution stays in the text: it holds other numbers, some equal to a wrong
+    reply's, so "the reply's answer appears above" cannot stand in for the comparison.
     """
     lines = []
     for t in tasks:
         reply = response_of_quality(t, rng.choice((2, 2, 2, 4, 5)), rng)
-        said = reply_answer(t, reply)
-        verdict = "they match, so it is right" if said == t.answer else "they differ, so it is wrong"
-        lines.append(f"Answer: {reply}\nThat gives {t.answer}. The reply says {said}: {verdict}.")
+        lines.append(f"Question: {t.prompt}\nAnswer: {reply}\n{working(t)}\n{comparison(t, reply_answer(t, reply))}")
     return "\n\n".join(lines)
 
 
@@ -231,7 +230,7 @@ def pretrain_rows(rng: random.Random, taken: set, n_sheets: int, n_notes: int, n
     for _ in range(n_worked):
         docs.append(_worked_sheet(draw_tasks(rng, 4, taken, unique=False)))
     for _ in range(n_drills):
-        docs.append(_check_drill(draw_tasks(rng, 12, taken, unique=False), rng))
+        docs.append(_check_drill(draw_tasks(rng, 4, taken, unique=False), rng))
     words = list(WORDS)
     for _ in range(4):
         rng.shuffle(words)
@@ -246,7 +245,7 @@ def pretrain_rows(rng: random.Random, taken: set, n_sheets: int, n_notes: int, n
 
 # ----------------------------------------------------------------------------- the whole text set
 
-def build_text(seed: int = 0, n_eval: int = 110, n_groups: int = 55, n_ift: int = 495,
+def build_text(seed: int = 0, n_eval: int = 220, n_groups: int = 55, n_ift: int = 495,
                n_eft_tasks: int = 396, n_sheets: int = 1500, n_notes: int = 1000,
                n_lists: int = 400, n_worked: int = 1500, n_drills: int = 1500) -> dict[str, list[dict]]:
     """All JSONL files of the world as {file name: rows}; the same arguments give the same rows.

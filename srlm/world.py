@@ -477,15 +477,50 @@ def reply_answer(task: Task, response: str) -> str | None:
     return fresh[-1] if fresh else None
 
 
+def _units(task: Task, answer: str) -> tuple[str, list[str]]:
+    """What a comparison walks through: the digits of a number, the letters of a word, the items
+    of a list; and its name for them."""
+    kind = FAMILIES[task.family].kind
+    if kind == "int":
+        return "digit", list(answer)
+    if kind == "list":
+        body = answer.strip()[1:-1]
+        return "item", [x.strip() for x in body.split(",")] if body.strip() else []
+    return "letter", list(answer)
+
+
+def comparison(task: Task, said: str) -> str:
+    """The check that ends a judgement: the reply's answer against the worked result, one unit
+    (digit, letter or list item) at a time from the left, stopping at the first difference.
+
+    Each step compares two units written side by side, so the verdict never rests on comparing two
+    whole answers at a distance. Measured on the previous one-step check ("The reply says 49: they
+    match"), M1 said "match" for most wrong answers whose value appears elsewhere in its worked
+    solution: a wrong count of 3 appears as "(3)" in "Counting: ...".
+
+    >>> comparison(make_task("add", (34, 19)), "49")
+    'The reply says 49. Digit by digit against 53: 4 and 5 differ, so it is wrong.'
+    """
+    unit, ours = _units(task, task.answer)
+    _, theirs = _units(task, said)
+    steps, differ = [], False
+    for i in range(max(len(ours), len(theirs))):
+        a = theirs[i] if i < len(theirs) else "nothing"
+        b = ours[i] if i < len(ours) else "nothing"
+        if a.lower() != b.lower():
+            steps.append(f"{a} and {b} differ")
+            differ = True
+            break
+        steps.append(f"{a} and {b}")
+    verdict = "so it is wrong" if differ else "all the same, so it is right"
+    return f"The reply says {said}. {unit.capitalize()} by {unit} against {task.answer}: {', '.join(steps)}, {verdict}."
+
+
 def justification(task: Task, response: str, score: int) -> str:
-    """The judge's reason: the worked solution, the reply's answer beside it, then the rubric's verdict."""
+    """The judge's reason: the worked solution, the reply's answer checked against it, then the
+    rubric's verdict."""
     said = reply_answer(task, response) if score >= 2 else None
-    if said is None:
-        check = "The reply gives no answer to check."
-    elif said == _normalised_answer(task):
-        check = f"The reply says {said}: they match, so it is right."
-    else:
-        check = f"The reply says {said}: they differ, so it is wrong."
+    check = "The reply gives no answer to check." if said is None else comparison(task, said)
     return f"{working(task)}\n{check} It {REASONS[score]}."
 
 

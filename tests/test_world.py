@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from srlm.world import (FAMILIES, FAMILY_NAMES, STYLES, answer_correct, candidates, criteria, crossed_replies,
-                        grade, grade_prompt, is_exact, judgement_text, make_task, parse_task, reply_answer, working,
+from srlm.world import (FAMILIES, FAMILY_NAMES, STYLES, answer_correct, candidates, comparison, criteria,
+                        crossed_replies, grade, grade_prompt, is_exact, judgement_text, make_task, parse_task, reply_answer, working,
                         response_of_quality, responses_of_each_quality, sample_task)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -269,11 +269,63 @@ def test_judgement_names_the_reply_answer_and_the_verdict():
     assert reply_answer(ADD, "You add the numbers.") is None
     assert reply_answer(ADD, "23 + 45") is None          # only echoes of the question
     text = judgement_text(ADD, "I believe the answer is 70.", 2)
-    assert text == (working(ADD) + "\nThe reply says 70: they differ, so it is wrong. "
+    assert text == (working(ADD) + "\nThe reply says 70. Digit by digit against 68: 7 and 6 differ, so it is wrong. "
                     "It gives an answer of the right kind, but a wrong one.\nScore: 2")
     text = judgement_text(ADD, "The answer is 68.", 4)
-    assert "\nThe reply says 68: they match, so it is right. It states the correct answer" in text
+    assert ("\nThe reply says 68. Digit by digit against 68: 6 and 6, 8 and 8, all the same, so it is right. "
+            "It states the correct answer directly") in text
     assert "\nThe reply gives no answer to check. It is off topic.\nScore: 0" in judgement_text(ADD, "Hello.", 0)
+
+
+# The check against the worked result, written out by hand: one unit per step from the left,
+# stopping at the first difference; a shorter answer runs out into "nothing".
+COMPARISONS = [
+    (("add", (23, 45)), "68", "Digit by digit against 68: 6 and 6, 8 and 8, all the same, so it is right."),
+    (("add", (23, 45)), "69", "Digit by digit against 68: 6 and 6, 9 and 8 differ, so it is wrong."),
+    (("add", (23, 45)), "6", "Digit by digit against 68: 6 and 6, nothing and 8 differ, so it is wrong."),
+    (("add", (23, 45)), "680", "Digit by digit against 68: 6 and 6, 8 and 8, 0 and nothing differ, so it is wrong."),
+    (("sub", (3, 10)), "7", "Digit by digit against -7: 7 and - differ, so it is wrong."),
+    (("sub", (3, 10)), "-7", "Digit by digit against -7: - and -, 7 and 7, all the same, so it is right."),
+    (("reverse", ("apple",)), "elpap", "Letter by letter against elppa: e and e, l and l, p and p, a and p differ, "
+                                       "so it is wrong."),
+    (("upper", ("cat",)), "CAT", "Letter by letter against CAT: C and C, A and A, T and T, all the same, "
+                                 "so it is right."),
+    (("sort", ((40, 19, 23),)), "[19, 40, 23]", "Item by item against [19, 23, 40]: 19 and 19, 40 and 23 differ, "
+                                                "so it is wrong."),
+    (("sort", ((40, 19, 23),)), "[19, 23]", "Item by item against [19, 23, 40]: 19 and 19, 23 and 23, "
+                                            "nothing and 40 differ, so it is wrong."),
+]
+
+
+@pytest.mark.parametrize("spec,said,expected", COMPARISONS, ids=[f"{f}-{s}" for (f, _), s, _ in COMPARISONS])
+def test_comparison_written_out(spec, said, expected):
+    assert comparison(make_task(*spec), said) == f"The reply says {said}. {expected}"
+
+
+def test_comparison_verdict_is_equality_for_every_reply():
+    rng = random.Random(5)
+    for _ in range(500):
+        task = sample_task(rng)
+        for score, reply in enumerate(responses_of_each_quality(task, rng)):
+            if score < 2:                     # no answer of the right kind: nothing to compare
+                continue
+            said = reply_answer(task, reply)
+            right = comparison(task, said).endswith("all the same, so it is right.")
+            assert right == (said.lower() == task.answer.lower()) == (score >= 3)
+
+
+def test_judgements_fit_the_tiny_judge_budget():
+    """The longest judgement the seed data teaches (sorting five two-digit numbers, all correct) fits
+    in the loop's tiny judge_max_new_tokens, so no self-judgement is cut before its score."""
+    spm = pytest.importorskip("sentencepiece")
+    if not (DATA / "tokenizer.model").is_file():
+        pytest.skip("data/tokenizer.model not built")
+    from srlm.loop import SETTINGS
+
+    sp = spm.SentencePieceProcessor(model_file=str(DATA / "tokenizer.model"))
+    task = make_task("sort", ((48, 37, 26, 45, 34),))
+    longest = judgement_text(task, "I think the sorted list is [26, 34, 37, 45, 48].", 4)
+    assert len(sp.encode(longest)) + 1 <= SETTINGS["tiny"]["judge_max_new_tokens"]   # + EOS
 
 
 # ----------------------------------------------------------------------------- committed data/
@@ -444,15 +496,22 @@ def test_tellfree_groups_file():
 
 
 def test_corpus_checks_are_consistent():
-    """Every "That gives X. The reply says Y: they match/differ" in the corpus (grading notes and
-    check drills) says "match" exactly when X equals Y, and every worked exercise's last step gives
-    the answer the grader accepts."""
+    """Every check in the corpus (grading notes and check drills) compares the reply's answer with
+    the worked result written just above it, says "right" exactly when the two are equal, and is
+    what srlm.world.comparison writes; every worked exercise's last step gives the answer the
+    grader accepts."""
     corpus = "\n".join(r["text"] for r in _rows("pretrain.jsonl"))
-    checks = re.findall(r"That gives (.+?)\.\s+The reply says (.+?): they (match|differ), so it is (right|wrong)\.",
-                        corpus)
-    assert len(checks) > 10_000
-    assert all((x.lower() == y.lower()) == (v == "match") == (r == "right") for x, y, v, r in checks)
-    assert 0.35 < sum(v == "match" for _, _, v, _ in checks) / len(checks) < 0.65
+    checks = re.findall(r"That gives (.+?)\.\nThe reply says (.+?)\. (?:Digit|Letter|Item) by \w+ against (.+?): "
+                        r".+?, (all the same, so it is right|so it is wrong)\.", corpus)
+    assert len(checks) > 8_000
+    assert all(x == x2 and (x.lower() == y.lower()) == (v.endswith("right")) for x, y, x2, v in checks)
+    assert 0.35 < sum(v.endswith("right") for *_, v in checks) / len(checks) < 0.65
+    notes = re.findall(r"Question: (.+)\nAnswer: (.+)\n(.+ That gives .+?\.)\n(The reply says .+?\.)(?: It |$|\n)",
+                       corpus, flags=re.M)
+    assert len(notes) > 5_000
+    for prompt, reply, steps, check in notes:
+        task = parse_task(prompt)
+        assert steps == working(task) and check == comparison(task, reply_answer(task, reply))
     worked = re.findall(r"Question: (.+)\n(.+ That gives (.+?)\.)\nAnswer: (.+)", corpus)
     assert len(worked) > 1000
     for prompt, steps, x, answer in worked:
