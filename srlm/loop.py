@@ -67,7 +67,7 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 # writer: the chat-tuned M_t continues few-shot request lists far less faithfully (in the previous
 # world about half its prompts matched no task), and a pair on such a prompt is one nobody, judge
 # or grader, can check. Judgements work the question out step by step and check the answer unit by
-# unit: up to about 215 tokens (sorting six numbers), hence 224.
+# unit: up to about 215 tokens (sorting five numbers), hence 224.
 SETTINGS = {
     "paper": dict(num_prompts=1000, n_candidates=4, n_judgements=3, judge_template="default",
                   prompt_temperature=0.6, response_temperature=0.7, judge_temperature=0.7, top_p=0.9,
