@@ -484,8 +484,7 @@ def _units(task: Task, answer: str) -> tuple[str, list[str]]:
     if kind == "int":
         return "digit", list(answer)
     if kind == "list":
-        body = answer.strip()[1:-1]
-        return "item", [x.strip() for x in body.split(",")] if body.strip() else []
+        return "item", re.findall(r"-?\d+", answer)
     return "letter", list(answer)
 
 
