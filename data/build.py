@@ -8,6 +8,8 @@ grader), drawn from one seeded random.Random, so the same --seed rebuilds the sa
     eft.jsonl            seed judge-training data {"prompt": judge prompt (compact template),
                          "response": "<worked solution>\\n<check and verdict>\\nScore: s"}; s is the
                          grader's score, weighted towards wrong answers (SCORE_WEIGHTS)
+    eft_checks.jsonl     more judge-training data, same form: per question a right reply and two
+                         near misses (one slip from the right answer, as the model's own errors)
     seed_prompts.jsonl   the IFT prompts as a prompts.jsonl {"id", "prompt", "source": "seed"}:
                          the pool that self-instruction draws its few-shot examples from
     eval_prompts.jsonl   held-out prompts {"id", "prompt", "family"}
@@ -42,13 +44,14 @@ from pathlib import Path
 from srlm.io import DataError, write_json, write_jsonl
 from srlm.judge import COMPACT_TEMPLATE, judge_prompt
 from srlm.self_instruct import build_few_shot_prompt
-from srlm.world import (FAMILY_NAMES, LETTERS, WORDS, Task, comparison, crossed_replies, grade,
-                        judgement_text, reply_answer, response_of_quality, sample_task, working)
+from srlm.world import (FAMILY_NAMES, LETTERS, WORDS, WRONG, Task, comparison, crossed_replies, grade,
+                        judgement_text, near_miss, reply_answer, response_of_quality, sample_task,
+                        working)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 DATA_DIR = Path(__file__).resolve().parent
-TEXT_FILES = ("ift.jsonl", "eft.jsonl", "seed_prompts.jsonl", "eval_prompts.jsonl",
+TEXT_FILES = ("ift.jsonl", "eft.jsonl", "eft_checks.jsonl", "seed_prompts.jsonl", "eval_prompts.jsonl",
               "eval_groups.jsonl", "eval_tellfree.jsonl", "pretrain.jsonl")
 CHAT_SYMBOLS = ["[INST]", "[/INST]", "<<SYS>>", "<</SYS>>", "\n"]
 
@@ -151,6 +154,21 @@ def eft_rows(tasks: list[Task], rng: random.Random, per_task: int = 3) -> list[d
     return rows
 
 
+def eft_check_rows(tasks: list[Task], rng: random.Random) -> list[dict]:
+    """More judge data on the hard case: per task one right reply (bare or in a sentence, grade 5
+    or 4) and two near misses (`near_miss`: one slip from the right answer, in WRONG's wordings,
+    grade 2), so that a wrong reply looks like the model's own mistakes, not a shuffled list."""
+    rows = []
+    for task in tasks:
+        replies = [response_of_quality(task, rng.choice((4, 5)), rng)]
+        replies += [rng.choice(WRONG).format(wrong=near_miss(task, rng)) for _ in range(2)]
+        for response in replies:
+            rows.append({"prompt": judge_prompt(task.prompt, response, template=COMPACT_TEMPLATE),
+                         "response": judgement_text(task, response, grade(task, response))})
+    rng.shuffle(rows)
+    return rows
+
+
 def seed_prompt_rows(tasks: list[Task]) -> list[dict]:
     return [{"id": f"seed-{i:04d}", "prompt": t.prompt, "source": "seed"} for i, t in enumerate(tasks)]
 
@@ -247,7 +265,8 @@ def pretrain_rows(rng: random.Random, taken: set, n_sheets: int, n_notes: int, n
 
 def build_text(seed: int = 0, n_eval: int = 220, n_groups: int = 55, n_ift: int = 495,
                n_eft_tasks: int = 396, n_sheets: int = 1500, n_notes: int = 1000,
-               n_lists: int = 400, n_worked: int = 1500, n_drills: int = 1500) -> dict[str, list[dict]]:
+               n_lists: int = 400, n_worked: int = 1500, n_drills: int = 1500,
+               n_check_tasks: int = 400) -> dict[str, list[dict]]:
     """All JSONL files of the world as {file name: rows}; the same arguments give the same rows.
 
     Held-out sets are drawn first and their questions reserved; IFT and EFT questions are
@@ -270,6 +289,9 @@ def build_text(seed: int = 0, n_eval: int = 220, n_groups: int = 55, n_ift: int 
         # the same held-out questions as eval_groups.jsonl, from a second generator, so adding
         # this file changed no other file (and not M0)
         "eval_tellfree.jsonl": tellfree_rows(group_tasks, random.Random(seed + 1)),
+        # likewise from a third generator: no other file changed, and the tokenizer does not read it
+        "eft_checks.jsonl": eft_check_rows(draw_tasks(random.Random(seed + 2), n_check_tasks,
+                                                      set(held_out)), random.Random(seed + 3)),
     }
 
 

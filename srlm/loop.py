@@ -186,7 +186,7 @@ def check_inputs(a, s: dict) -> dict:
     if sum(f.stat().st_size for f in weights) <= MAX_CHECKED_BYTES:
         load_model(base)  # every tensor read and checked (names, shapes, finite) before anything is written
     load_tokenizer(a.tokenizer or base, a.chat)
-    load_rows([a.ift, a.eft], "sft")
+    load_rows([a.ift, *a.eft], "sft")
     read_prompt_pool(a.seed_prompts)
     if s["prompt_model"] not in ("current", "base"):
         writer = Path(s["prompt_model"])
@@ -197,7 +197,8 @@ def check_inputs(a, s: dict) -> dict:
     load_template(s["judge_template"])
     if a.score_pattern:
         parse_score("", a.score_pattern)
-    files = {"ift": a.ift, "eft": a.eft, "seed_prompts": a.seed_prompts}
+    files = {"ift": a.ift, "eft": a.eft[0], "seed_prompts": a.seed_prompts}
+    files.update({f"eft{i}": path for i, path in enumerate(a.eft[1:], start=2)})
     if not a.skip_eval:
         read_jsonl(a.eval_prompts, required=("prompt",), types={"prompt": "str"})
         load_groups(a.eval_groups)
@@ -256,7 +257,7 @@ def run(a) -> dict:
     m1 = run_dir / "m1"
     def sft():
         unload()  # training needs the memory a model held for sampling would take
-        train(TrainConfig(stage="sft", init=str(a.base_model), data=[str(a.ift), str(a.eft)], out=str(m1),
+        train(TrainConfig(stage="sft", init=str(a.base_model), data=[str(a.ift), *map(str, a.eft)], out=str(m1),
                           tokenizer=a.tokenizer, chat=a.chat, lr=s["sft_lr"], min_lr=s["sft_min_lr"], epochs=s["sft_epochs"],
                           batch_size=s["sft_batch_size"], dropout=s["sft_dropout"], device=a.device, seed=a.seed))
 
@@ -420,7 +421,8 @@ def main(argv=None):
     p.add_argument("--chat", choices=sorted(FORMATS),
                    help="chat format for every step (default: M0's chat template, else llama2)")
     p.add_argument("--ift", default=str(DATA / "ift.jsonl"), help="IFT seed: rows {prompt, response}")
-    p.add_argument("--eft", default=str(DATA / "eft.jsonl"), help="EFT seed: judge prompts with judgements")
+    p.add_argument("--eft", nargs="+", default=[str(DATA / "eft.jsonl")],
+                   help="EFT seed, one or more files: judge prompts with judgements")
     p.add_argument("--seed-prompts", default=str(DATA / "seed_prompts.jsonl"), help="self-instruction seed pool")
     p.add_argument("--eval-prompts", default=str(DATA / "eval_prompts.jsonl"))
     p.add_argument("--eval-groups", default=str(DATA / "eval_tellfree.jsonl"),
