@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from srlm.world import (FAMILIES, FAMILY_NAMES, STYLES, answer_correct, candidates, comparison, criteria,
-                        crossed_replies, grade, grade_prompt, is_exact, judgement_text, make_task, parse_task, reply_answer, working,
+                        crossed_replies, grade, grade_prompt, is_exact, judgement_text, make_task, near_miss, parse_task,
+                        reply_answer, working, WRONG,
                         response_of_quality, responses_of_each_quality, sample_task)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -517,3 +518,74 @@ def test_corpus_checks_are_consistent():
     for prompt, steps, x, answer in worked:
         task = parse_task(prompt)
         assert x == answer == task.answer and steps == working(task)
+
+
+# ----------------------------------------------------------------------------- near misses
+
+def _one_slip(right: str, wrong: str) -> bool:
+    """Plain check that `wrong` is one slip from `right`: for a number, off by one, a digit cut
+    from the end (or all but the first), or the last two digits swapped; for a list, two
+    neighbours swapped, one item changed or dropped; for a word, two neighbours swapped or one
+    letter changed."""
+    if right.isdigit():
+        return (wrong.isdigit() and abs(int(wrong) - int(right)) == 1 or wrong in (right[:-1], right[0])
+                or len(right) > 1 and wrong == right[:-2] + right[-1] + right[-2])
+    if right.startswith("["):
+        a, b = json.loads(right), json.loads(wrong)
+        if len(b) == len(a) - 1:
+            return any(a[:i] + a[i + 1:] == b for i in range(len(a)))
+        if len(b) != len(a):
+            return False
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or len(diff) == 2 and diff[1] == diff[0] + 1 and (a[diff[0]], a[diff[1]]) == (b[diff[1]], b[diff[0]])
+    diff = [i for i in range(max(len(right), len(wrong))) if right[i:i + 1] != wrong[i:i + 1]]
+    if len(right) != len(wrong):
+        return False
+    return len(diff) == 1 or len(diff) == 2 and diff[1] == diff[0] + 1 and right[diff[0]] == wrong[diff[1]]
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_near_miss_is_one_slip_and_graded_wrong(family):
+    rng = random.Random(7)
+    far = 0                                                # wrong_answer's fallback: every slip was an echo
+    for _ in range(150):
+        task = sample_task(rng, family)
+        wrong = near_miss(task, rng)
+        far += not _one_slip(task.answer, wrong)
+        for template in WRONG:
+            reply = template.format(wrong=wrong)
+            assert not answer_correct(task, reply) and grade(task, reply) == 2, (task, reply)
+    assert far <= 5
+
+
+def test_near_miss_hand_written():
+    rng = random.Random(0)
+    # min of [11, 20, 35]: 10 or 12 (off by one), 1 (cut to the first digit); never 11
+    task = make_task("min", ((20, 11, 35),))
+    assert {near_miss(task, rng) for _ in range(200)} == {"10", "12", "1"}
+    # "cat" reversed is "tac": "atc" and "tca" (two neighbours swapped); "cat" itself is the question
+    task = make_task("reverse", ("cat",))
+    assert {near_miss(task, rng) for _ in range(200)} == {"atc", "tca"}
+    # sort [5, 3, 9] -> [3, 5, 9]: never the question's own order written back
+    task = make_task("sort", ((5, 3, 9),))
+    slips = {near_miss(task, rng) for _ in range(500)}
+    assert "[5, 3, 9]" not in slips and "[3, 5, 9]" not in slips
+    assert {"[3, 9, 5]", "[3, 4, 9]", "[3, 9]", "[3, 3, 9]", "[2, 5, 9]"} <= slips
+
+
+def test_eft_checks_file():
+    """A right reply (4 or 5) and two near misses (2) per question; the judgement is the grader's;
+    no held-out question; built by the generator."""
+    rows = _rows("eft_checks.jsonl")
+    held_out = {parse_task(r["prompt"]).key for r in _rows("eval_prompts.jsonl") + _rows("eval_groups.jsonl")}
+    scores, far = Counter(), 0
+    for r in rows:
+        m = re.search(r"\nQuestion: (.*)\nAnswer: (.*?)\nGive one short reason", r["prompt"], re.DOTALL)
+        task = parse_task(m.group(1))
+        assert task.key not in held_out
+        s = int(r["response"].rsplit("Score: ", 1)[1])
+        assert grade(task, m.group(2)) == s and r["response"] == judgement_text(task, m.group(2), s)
+        far += s == 2 and not _one_slip(task.answer, reply_answer(task, m.group(2)))
+        scores[s] += 1
+    assert far < 20                                        # of 800 near misses
+    assert len(rows) == 1200 and scores[2] == 800 and scores[4] + scores[5] == 400
