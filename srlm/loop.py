@@ -421,7 +421,7 @@ def main(argv=None):
     p.add_argument("--chat", choices=sorted(FORMATS),
                    help="chat format for every step (default: M0's chat template, else llama2)")
     p.add_argument("--ift", default=str(DATA / "ift.jsonl"), help="IFT seed: rows {prompt, response}")
-    p.add_argument("--eft", nargs="+", default=[str(DATA / "eft.jsonl")],
+    p.add_argument("--eft", nargs="+", default=[str(DATA / "eft.jsonl"), str(DATA / "eft_checks.jsonl")],
                    help="EFT seed, one or more files: judge prompts with judgements")
     p.add_argument("--seed-prompts", default=str(DATA / "seed_prompts.jsonl"), help="self-instruction seed pool")
     p.add_argument("--eval-prompts", default=str(DATA / "eval_prompts.jsonl"))
