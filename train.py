@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--beta", type=float, default=0.1)
     d.add_argument("--label-smoothing", type=float, default=0.0, help="conservative DPO: chance a label is flipped")
     d.add_argument("--loss", choices=["dpo", "ipo"], default="dpo")
+    d.add_argument("--nll-alpha", type=float, default=0.0,
+                   help="DPO + NLL: weight of the chosen answer's per-token NLL (0: plain DPO)")
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", help="cpu, cuda (default: cuda when available)")

@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Optional
 
@@ -69,7 +69,7 @@ def save_training_state(ckpt_dir: Path, wrapped: LogprobModel, optimizer, step: 
 
 # Settings that change what a run computes: a resumed run must use the ones it was started with.
 RESUME_KEYS = ("stage", "data", "init", "model_config", "chat", "lr", "min_lr", "warmup_steps", "epochs", "max_steps",
-               "batch_size", "max_seq_len", "beta", "label_smoothing", "loss", "dropout", "weight_decay",
+               "batch_size", "max_seq_len", "beta", "label_smoothing", "loss", "nll_alpha", "dropout", "weight_decay",
                "grad_clip", "seed")
 
 
@@ -77,7 +77,9 @@ def check_resume_config(ckpt_dir: Path, cfg: TrainConfig) -> None:
     """Refuse to resume a state saved with other settings (the result would match neither run)."""
     saved = json.loads(torch.load(ckpt_dir / "trainer.pt", map_location="cpu", weights_only=True)["config"])
     now = asdict(cfg)
-    diff = [f"{k}: saved {saved.get(k)!r}, now {now[k]!r}" for k in RESUME_KEYS if saved.get(k) != now[k]]
+    defaults = {f.name: f.default for f in fields(TrainConfig)}  # a key added later was its default then
+    diff = [f"{k}: saved {saved.get(k, defaults[k])!r}, now {now[k]!r}" for k in RESUME_KEYS
+            if saved.get(k, defaults[k]) != now[k]]
     if diff:
         raise TrainingError(f"{ckpt_dir} was saved by a run with other settings ({'; '.join(diff)}); "
                             f"rerun with those settings to resume, or pass --no-resume to start over")

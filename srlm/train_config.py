@@ -46,6 +46,7 @@ class TrainConfig:
     beta: float = 0.1
     label_smoothing: float = 0.0
     loss: str = "dpo"  # dpo | ipo
+    nll_alpha: float = 0.0  # DPO + NLL: weight of the chosen answer's per-token NLL (srlm/dpo.py)
     dropout: Optional[float] = None
     weight_decay: Optional[float] = None
     grad_clip: float = 1.0
@@ -75,6 +76,8 @@ class TrainConfig:
             raise ValueError("--model-config (fresh weights) needs --tokenizer FILE")
         if self.loss not in ("dpo", "ipo"):
             raise ValueError(f"--loss must be 'dpo' or 'ipo', got {self.loss!r}")
+        if not self.nll_alpha >= 0:
+            raise ValueError(f"--nll-alpha must be >= 0, got {self.nll_alpha}")
         if self.batch_size < 1 or self.micro_batch_size < 1:
             raise ValueError("--batch-size and --micro-batch-size must be positive")
         if self.save_every < 1 or not self.save_every_minutes >= 0:

@@ -126,7 +126,8 @@ def step_losses(wrapped, cfg: TrainConfig, examples: list[dict], global_idx: lis
         ref_rejected = torch.tensor([e["ref_rejected_logps"] for e in mb], dtype=torch.float32, device=device)
         losses, chosen_rewards, rejected_rewards = dpo_loss(
             chosen, rejected, ref_chosen, ref_rejected, beta=cfg.beta, label_smoothing=cfg.label_smoothing,
-            loss_type=cfg.loss)
+            loss_type=cfg.loss, nll_alpha=cfg.nll_alpha,
+            chosen_lengths=torch.tensor([sum(e["chosen_mask"]) for e in mb], dtype=torch.float32, device=device))
         (losses.sum() * (scale / n_pairs)).backward()
         sums["loss"] += losses.detach().sum() / n_pairs
         sums["tokens"] += sum(len(e["chosen_tokens"]) + len(e["rejected_tokens"]) for e in mb)

@@ -97,3 +97,24 @@ def test_bad_arguments():
         dpo_loss(x, x, x, x, loss_type="kto")
     with pytest.raises(ValueError, match="label_smoothing"):
         dpo_loss(x, x, x, x, label_smoothing=0.5)
+
+
+def test_dpo_plus_nll_hand_computed():
+    """DPO + NLL, alpha = 0.5, chosen answers of 2 and 4 tokens. Pair 0: beta * logits = 1, so DPO
+    gives log(1 + e^-1) = 0.31326168751822286, and the NLL term 0.5 * 1 / 2 = 0.25: 0.5632616875182229.
+    Pair 1: beta * logits = -1.5, log(1 + e^1.5) = 1.7014132779827524, NLL 0.5 * 4 / 4 = 0.5:
+    2.2014132779827524. d loss / d chosen adds -alpha / length: pair 0 -0.13447071068499755 - 0.25.
+    """
+    chosen = POLICY_CHOSEN.clone().requires_grad_(True)
+    losses, cr, _ = dpo_loss(chosen, POLICY_REJECTED, REF_CHOSEN, REF_REJECTED, beta=BETA, nll_alpha=0.5,
+                             chosen_lengths=torch.tensor([2.0, 4.0]))
+    torch.testing.assert_close(losses, torch.tensor([0.5632616875182229, 2.2014132779827524]))
+    losses.sum().backward()
+    assert chosen.grad[0].item() == pytest.approx(-0.13447071068499755 - 0.25, rel=1e-6)
+    plain, plain_cr, _ = dpo_loss(POLICY_CHOSEN, POLICY_REJECTED, REF_CHOSEN, REF_REJECTED, beta=BETA)
+    torch.testing.assert_close(cr, plain_cr)              # the rewards are DPO's own
+    with pytest.raises(ValueError, match="chosen_lengths"):
+        dpo_loss(POLICY_CHOSEN, POLICY_REJECTED, REF_CHOSEN, REF_REJECTED, nll_alpha=0.5)
+    with pytest.raises(ValueError, match="nll_alpha"):
+        dpo_loss(POLICY_CHOSEN, POLICY_REJECTED, REF_CHOSEN, REF_REJECTED, nll_alpha=-1.0,
+                 chosen_lengths=torch.tensor([2.0, 4.0]))

@@ -76,9 +76,10 @@ def test_sft_step_is_the_mean_nll_over_every_answer_token(setup, micro):
         torch.testing.assert_close(got[k], g, rtol=1e-4, atol=1e-6, msg=k)
 
 
-@pytest.mark.parametrize("micro", [1, 3])
-def test_dpo_step_is_the_mean_of_minus_log_sigmoid_of_the_margin(setup, micro):
-    """loss = mean over pairs of -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))."""
+@pytest.mark.parametrize("micro,nll_alpha", [(1, 0.0), (3, 0.0), (3, 0.7)])
+def test_dpo_step_is_the_mean_of_minus_log_sigmoid_of_the_margin(setup, micro, nll_alpha):
+    """loss = mean over pairs of -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))), plus
+    nll_alpha * -pi_c / (chosen answer tokens) for DPO + NLL."""
     tok, model = setup
     rows = [{"prompt": q, "chosen": a, "rejected": "No idea."} for q, a in QA]
     examples, _ = tokenize(rows, "dpo", tok, 64)
@@ -86,7 +87,7 @@ def test_dpo_step_is_the_mean_of_minus_log_sigmoid_of_the_margin(setup, micro):
     for e, (rc, rr) in zip(examples, refs):
         e["ref_chosen_logps"], e["ref_rejected_logps"] = rc, rr
     cfg = TrainConfig(stage="dpo", data=["d"], out="o", init="m", micro_batch_size=micro, beta=0.5,
-                      logprob_impl="torch")
+                      logprob_impl="torch", nll_alpha=nll_alpha)
     model.eval()  # dropout is 0 anyway; eval keeps both passes identical
     model.zero_grad()
     sums = step_losses(LogprobModel(model, impl="torch"), cfg, examples, [0, 1, 2, 3, 4], 0, 1, tok.pad_id,
@@ -97,7 +98,8 @@ def test_dpo_step_is_the_mean_of_minus_log_sigmoid_of_the_margin(setup, micro):
     for e, (rc, rr) in zip(examples, refs):
         margin = 0.5 * ((answer_logp(model, e["chosen_tokens"], e["chosen_mask"]) - rc)
                         - (answer_logp(model, e["rejected_tokens"], e["rejected_mask"]) - rr))
-        losses.append(-F.logsigmoid(margin))
+        chosen_logp = answer_logp(model, e["chosen_tokens"], e["chosen_mask"])
+        losses.append(-F.logsigmoid(margin) - nll_alpha * chosen_logp / sum(e["chosen_mask"][1:]))
         margins.append(margin.item())
     loss = sum(losses) / len(losses)
     loss.backward()
