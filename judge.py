@@ -63,6 +63,8 @@ def parse_args(argv):
     ap.add_argument("--k", "--num-judgements", dest="k", type=int, default=3,
                     help="judgements per candidate (paper: 3)")
     ap.add_argument("--min-valid", type=int, default=1, help="parsed judgements a candidate needs")
+    ap.add_argument("--min-margin", type=float, default=0.0,
+                    help="smallest chosen - rejected score gap that makes a pair (0: any preference)")
     ap.add_argument("--template", default="default", help="'default', 'compact' or a template file")
     ap.add_argument("--score-pattern", default=None, help="regex with a (?P<score>...) group")
     ap.add_argument("--temperature", type=float, default=0.7)
@@ -82,7 +84,7 @@ def parse_args(argv):
 def main(argv: list[str] | None = None) -> dict | None:
     a = parse_args(argv)
     inp = Path(a.input)
-    s = JudgeSettings(k=a.k, min_valid=a.min_valid, template=a.template, score_pattern=a.score_pattern,
+    s = JudgeSettings(k=a.k, min_valid=a.min_valid, min_margin=a.min_margin, template=a.template, score_pattern=a.score_pattern,
                       temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens,
                       batch_size=a.batch_size, chunk_size=a.chunk_size, seed=a.seed)
     s.check()                                             # bad inputs fail before the model loads

@@ -222,7 +222,7 @@ def is_score(value) -> bool:
 
 
 def build_pair(prompt: str, candidates: Sequence[str], scores: Sequence[float | None],
-               id: str | None = None) -> dict | None:
+               id: str | None = None, min_margin: float = 0.0) -> dict | None:
     """One AIFT preference pair from scored candidates, or None when there is no preference.
 
     - candidates whose score is None (too few valid judgements) are left out, and so are scores
@@ -230,7 +230,9 @@ def build_pair(prompt: str, candidates: Sequence[str], scores: Sequence[float | 
     - identical texts (after stripping whitespace) are one answer: their scores are averaged,
       so chosen and rejected can never be the same text;
     - chosen = highest score, rejected = lowest; among equal scores the earliest candidate;
-    - best score == worst score (a tie, or fewer than two distinct answers) -> None.
+    - best score == worst score (a tie, or fewer than two distinct answers) -> None, and so is a
+      gap below `min_margin` (e.g. 1.5 keeps "right over wrong", 5 or 4 against 2, and drops "bare
+      over sentence", 5 against 4: the pairs then train correctness, not style).
     """
     if len(candidates) != len(scores):
         raise ValueError(f"{len(candidates)} candidates but {len(scores)} scores")
@@ -247,7 +249,7 @@ def build_pair(prompt: str, candidates: Sequence[str], scores: Sequence[float | 
     merged = [(key, sum(v) / len(v)) for key, v in by_text.items()]  # insertion order = input order
     best = max(merged, key=lambda kv: kv[1])      # max/min return the first of equal elements
     worst = min(merged, key=lambda kv: kv[1])
-    if best[1] == worst[1]:
+    if best[1] == worst[1] or best[1] - worst[1] < min_margin:
         return None
     pair = {"prompt": prompt, "chosen": first_text[best[0]], "rejected": first_text[worst[0]],
             "chosen_score": best[1], "rejected_score": worst[1]}
@@ -283,7 +285,8 @@ def check_judgement_row(row, where: str) -> None:
 
 
 def pairs_from_judgements(candidate_rows: Sequence[dict], judgement_rows: Sequence[dict],
-                          min_valid: int = 1, source: str = "judgements") -> tuple[list[dict], dict]:
+                          min_valid: int = 1, source: str = "judgements",
+                          min_margin: float = 0.0) -> tuple[list[dict], dict]:
     """Join candidates.jsonl rows with judgements.jsonl rows -> (pairs, summary).
 
     candidate_rows: {"id", "prompt", "candidates": [str, ...]}
@@ -316,7 +319,7 @@ def pairs_from_judgements(candidate_rows: Sequence[dict], judgement_rows: Sequen
             mean = aggregate_scores(judged, min_valid)
             dropped += mean is None
             means.append(mean)
-        pair = build_pair(row["prompt"], row["candidates"], means, id=rid)
+        pair = build_pair(row["prompt"], row["candidates"], means, id=rid, min_margin=min_margin)
         if pair is None:
             ties += 1
         else:
@@ -331,6 +334,7 @@ def pairs_from_judgements(candidate_rows: Sequence[dict], judgement_rows: Sequen
         "parse_failure_rate": failures / len(all_scores) if all_scores else 0.0,
         "candidates_dropped_min_valid": dropped,
         "min_valid": min_valid,
+        "min_margin": min_margin,
         "pairs": len(pairs),
         "prompts_without_pair": ties,
         "score_histogram": score_histogram(all_scores),

@@ -73,13 +73,13 @@ SETTINGS = {
                   prompt_temperature=0.6, response_temperature=0.7, judge_temperature=0.7, top_p=0.9,
                   max_new_tokens=512, judge_max_new_tokens=256, prompt_max_new_tokens=128,
                   sft_lr=5.5e-6, sft_min_lr=1.1e-6, sft_epochs=1.0, sft_batch_size=16, sft_dropout=0.1,
-                  dpo_lr=1e-6, dpo_min_lr=1e-7, dpo_epochs=1.0, dpo_batch_size=16, beta=0.1, dpo_nll_alpha=0.0,
+                  dpo_lr=1e-6, dpo_min_lr=1e-7, dpo_epochs=1.0, dpo_batch_size=16, beta=0.1, dpo_nll_alpha=0.0, min_margin=0.0,
                   eval_max_new_tokens=512, prompt_model="current", similarity_threshold=0.7, eval_own_samples=0),
     "tiny": dict(num_prompts=96, n_candidates=4, n_judgements=3, judge_template="compact",
                  prompt_temperature=0.6, response_temperature=0.7, judge_temperature=0.7, top_p=0.9,
                  max_new_tokens=24, judge_max_new_tokens=224, prompt_max_new_tokens=48,
                  sft_lr=1e-3, sft_min_lr=1e-4, sft_epochs=2.0, sft_batch_size=16, sft_dropout=0.1,
-                 dpo_lr=1e-4, dpo_min_lr=1e-5, dpo_epochs=1.0, dpo_batch_size=16, beta=0.1, dpo_nll_alpha=0.0,
+                 dpo_lr=1e-4, dpo_min_lr=1e-5, dpo_epochs=1.0, dpo_batch_size=16, beta=0.1, dpo_nll_alpha=0.0, min_margin=0.0,
                  eval_max_new_tokens=24, prompt_model="base", similarity_threshold=0.9, eval_own_samples=4),
 }
 
@@ -104,6 +104,7 @@ HELP = {
     "dpo_min_lr": "DPO learning rate at the last step",
     "dpo_epochs": "DPO epochs over an iteration's pairs",
     "dpo_batch_size": "DPO pairs per optimizer step",
+    "min_margin": "smallest judge-score gap between chosen and rejected that makes a pair",
     "dpo_nll_alpha": "DPO + NLL: weight of the chosen answer's per-token NLL (0: plain DPO)",
     "beta": "DPO beta: how far the policy may move from the reference",
     "eval_max_new_tokens": "longest answer in the evaluation, in tokens",
@@ -304,7 +305,7 @@ def run(a) -> dict:
             *load(current), candidates, judgements, pairs, JudgeSettings(
                 k=s["n_judgements"], template=s["judge_template"], score_pattern=a.score_pattern,
                 temperature=s["judge_temperature"], top_p=s["top_p"], max_new_tokens=s["judge_max_new_tokens"],
-                seed=seed), **ranks))
+                min_margin=s["min_margin"], seed=seed), **ranks))
         n_pairs = len(read_jsonl(pairs)) if pairs.exists() else 0
         if n_pairs == 0:
             log(f"iteration {t}: no preference pairs were built; stopping the loop here")

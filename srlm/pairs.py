@@ -57,6 +57,7 @@ from srlm.metrics import reward_model_metrics
 class JudgeSettings:
     k: int = 3                          # judgements per candidate (paper: 3)
     min_valid: int = 1                  # parsed judgements a candidate needs
+    min_margin: float = 0.0             # smallest chosen - rejected score gap that makes a pair
     template: str = "default"           # 'default', 'compact' or a template file
     score_pattern: Optional[str] = None  # regex with a (?P<score>...) group (None: 'Score: N' lines)
     temperature: float = 0.7
@@ -79,6 +80,8 @@ class JudgeSettings:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.min_valid < 1 or self.min_valid > self.k:
             raise ValueError(f"--min-valid must be in [1, --k={self.k}], got {self.min_valid}")
+        if not 0 <= self.min_margin <= 5:
+            raise ValueError(f"--min-margin must be in [0, 5], got {self.min_margin}")
         return template
 
     def context(self, model, tokenizer) -> dict:
@@ -223,7 +226,7 @@ def write_pairs(model, tokenizer, candidates, judgements, pairs, s: JudgeSetting
     if rank != 0:
         return None
     pairs = Path(pairs)
-    built, stats = pairs_from_judgements(rows, judged, s.min_valid, source=str(judgements))
+    built, stats = pairs_from_judgements(rows, judged, s.min_valid, source=str(judgements), min_margin=s.min_margin)
     check_replace(pairs, len(built), overwrite, what="pairs")
     write_json(Path(summary or pairs.parent / "judge_summary.json"), stats)  # first: pairs.jsonl marks the step done
     write_jsonl(pairs, built)

@@ -230,6 +230,17 @@ def test_build_pair_skips_ties_and_unscored():
     assert (pair["chosen"], pair["rejected"]) == ("b", "a")
 
 
+def test_build_pair_min_margin():
+    # best 5 and worst 4 (bare over a sentence, both right): a gap of 1, below 1.5 -> no pair
+    assert build_pair("p", ["68", "The answer is 68.", "68"], [5.0, 4.0, 5.0], min_margin=1.5) is None
+    # best 4.67 (mean of 5, 5, 4) against 2: a gap of 2.67 -> the pair stands
+    pair = build_pair("p", ["a", "b"], [14 / 3, 2.0], min_margin=1.5)
+    assert (pair["chosen"], pair["rejected"]) == ("a", "b")
+    # exactly the margin is enough; 0 keeps every preference
+    assert build_pair("p", ["a", "b"], [3.5, 2.0], min_margin=1.5) is not None
+    assert build_pair("p", ["a", "b"], [2.1, 2.0]) is not None
+
+
 def test_build_pair_tie_break_is_earliest_candidate():
     pair = build_pair("p", ["a", "b", "c", "d"], [5.0, 1.0, 5.0, 1.0])
     assert (pair["chosen"], pair["rejected"]) == ("a", "b")

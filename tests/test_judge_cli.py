@@ -86,6 +86,8 @@ def test_main_rejects_bad_options_before_loading(tmp_path):
     with pytest.raises(ValueError, match="--min-valid"):
         judge.main(["--model", "nowhere", "--input", str(tmp_path / "c.jsonl"), "--k", "2",
                     "--min-valid", "3"])
+    with pytest.raises(ValueError, match="--min-margin"):
+        judge.main(["--model", "nowhere", "--input", str(tmp_path / "c.jsonl"), "--min-margin", "-1"])
     with pytest.raises(ValueError, match="invalid score pattern"):
         judge.main(["--model", "nowhere", "--input", str(tmp_path / "c.jsonl"), "--score-pattern", "("])
 
