@@ -272,11 +272,14 @@ def check_replace(path: str | os.PathLike, n_rows: int, overwrite: bool = False,
                         f"(pass --overwrite to replace it anyway)")
 
 
-def check_settings(path: str | os.PathLike, settings: dict, ignore: Iterable[str] = ()) -> None:
+def check_settings(path: str | os.PathLike, settings: dict, ignore: Iterable[str] = (),
+                   added: dict | None = None) -> None:
     """Refuse to continue work recorded in `path` (a settings.json) under other `settings`.
 
     Each difference is named: "seed: recorded 0, now 5". Keys in `ignore` (where the work runs,
-    how many iterations to go on for) may change between runs. A missing file passes.
+    how many iterations to go on for) may change between runs. `added`: settings newer than some
+    records, with the value that does what a record without them did; a record that lacks one
+    counts as holding that value. A missing file passes.
     """
     path = Path(path)
     if not path.is_file():
@@ -289,6 +292,7 @@ def check_settings(path: str | os.PathLike, settings: dict, ignore: Iterable[str
         raise DataError(f"{path}: expected a JSON object of settings, got {type(old).__name__}")
     now = json.loads(json.dumps(settings, default=str))  # compare as JSON would record them
     ignore = set(ignore)
+    old = {**json.loads(json.dumps(added or {})), **old}
     diff = [f"{k}: recorded {json.dumps(old.get(k))}, now {json.dumps(now.get(k))}"
             for k in sorted(set(old) | set(now)) if k not in ignore and old.get(k) != now.get(k)]
     if diff:

@@ -131,6 +131,8 @@ def step(name: str, output: Path, fn) -> None:
 
 # Flags that may change when a run directory is continued: where it runs and how far it goes.
 RESTARTABLE = ("device", "iterations", "skip_eval", "run_dir")
+# Settings added after earlier runs were recorded, with the value those runs used.
+ADDED = {"dpo_nll_alpha": 0.0, "min_margin": 0.0}
 
 
 def check_values(a, s: dict) -> None:
@@ -215,7 +217,7 @@ def run(a) -> dict:
     s = {**SETTINGS[a.settings], **{k: v for k, v in vars(a).items() if k in SETTINGS["tiny"] and v is not None}}
     run_dir = Path(a.run_dir)
     recorded = {**vars(a), **s, "input_hashes": check_inputs(a, s)}
-    check_settings(run_dir / "settings.json", recorded, ignore=RESTARTABLE)
+    check_settings(run_dir / "settings.json", recorded, ignore=RESTARTABLE, added=ADDED)
     run_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main():
         write_json(run_dir / "settings.json", recorded)

@@ -189,6 +189,19 @@ def test_check_settings_names_each_difference(tmp_path):
         check_settings(f, {"seed": 5, "dpo_lr": 3e-4, "device": "cpu", "iterations": 2})
 
 
+def test_check_settings_added_keys_take_the_old_behaviour(tmp_path):
+    """A record from before a setting existed continues when the setting keeps the old behaviour."""
+    from srlm.io import check_settings
+
+    f = tmp_path / "run" / "settings.json"
+    write_json(f, {"seed": 0})
+    check_settings(f, {"seed": 0, "min_margin": 0.0}, added={"min_margin": 0.0})
+    with pytest.raises(DataError, match=r"min_margin: recorded 0\.0, now 1\.5"):
+        check_settings(f, {"seed": 0, "min_margin": 1.5}, added={"min_margin": 0.0})
+    with pytest.raises(DataError, match="min_margin: recorded null, now 0.0"):   # not declared as added
+        check_settings(f, {"seed": 0, "min_margin": 0.0})
+
+
 def test_read_text_names_a_file_that_is_not_utf8(tmp_path):
     from srlm.io import read_text
 
