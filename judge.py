@@ -84,7 +84,8 @@ def parse_args(argv):
 def main(argv: list[str] | None = None) -> dict | None:
     a = parse_args(argv)
     inp = Path(a.input)
-    s = JudgeSettings(k=a.k, min_valid=a.min_valid, min_margin=a.min_margin, template=a.template, score_pattern=a.score_pattern,
+    s = JudgeSettings(k=a.k, min_valid=a.min_valid, min_margin=a.min_margin, template=a.template,
+                      score_pattern=a.score_pattern,
                       temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens,
                       batch_size=a.batch_size, chunk_size=a.chunk_size, seed=a.seed)
     s.check()                                             # bad inputs fail before the model loads

@@ -73,13 +73,15 @@ SETTINGS = {
                   prompt_temperature=0.6, response_temperature=0.7, judge_temperature=0.7, top_p=0.9,
                   max_new_tokens=512, judge_max_new_tokens=256, prompt_max_new_tokens=128,
                   sft_lr=5.5e-6, sft_min_lr=1.1e-6, sft_epochs=1.0, sft_batch_size=16, sft_dropout=0.1,
-                  dpo_lr=1e-6, dpo_min_lr=1e-7, dpo_epochs=1.0, dpo_batch_size=16, beta=0.1, dpo_nll_alpha=0.0, min_margin=0.0,
+                  dpo_lr=1e-6, dpo_min_lr=1e-7, dpo_epochs=1.0, dpo_batch_size=16, beta=0.1,
+                  dpo_nll_alpha=0.0, min_margin=0.0,
                   eval_max_new_tokens=512, prompt_model="current", similarity_threshold=0.7, eval_own_samples=0),
     "tiny": dict(num_prompts=96, n_candidates=4, n_judgements=3, judge_template="compact",
                  prompt_temperature=0.6, response_temperature=0.7, judge_temperature=0.7, top_p=0.9,
                  max_new_tokens=24, judge_max_new_tokens=224, prompt_max_new_tokens=48,
                  sft_lr=1e-3, sft_min_lr=1e-4, sft_epochs=2.0, sft_batch_size=16, sft_dropout=0.1,
-                 dpo_lr=1e-4, dpo_min_lr=1e-5, dpo_epochs=1.0, dpo_batch_size=16, beta=0.1, dpo_nll_alpha=0.0, min_margin=0.0,
+                 dpo_lr=1e-4, dpo_min_lr=1e-5, dpo_epochs=1.0, dpo_batch_size=16, beta=0.1,
+                 dpo_nll_alpha=0.0, min_margin=0.0,
                  eval_max_new_tokens=24, prompt_model="base", similarity_threshold=0.9, eval_own_samples=4),
 }
 
@@ -316,8 +318,8 @@ def run(a) -> dict:
             unload()  # M_t is the reference: its log-probs are computed by train() itself
             train(TrainConfig(stage="dpo", init=str(current), data=[str(pairs)], out=str(next_model), chat=a.chat,
                               lr=s["dpo_lr"], min_lr=s["dpo_min_lr"], epochs=s["dpo_epochs"],
-                              batch_size=s["dpo_batch_size"], beta=s["beta"], nll_alpha=s["dpo_nll_alpha"], dropout=0.0, device=a.device,
-                              seed=seed))
+                              batch_size=s["dpo_batch_size"], beta=s["beta"], nll_alpha=s["dpo_nll_alpha"],
+                              dropout=0.0, device=a.device, seed=seed))
 
         step(f"iteration {t}: DPO (M{t} -> M{t + 1})", next_model / "metrics.jsonl", dpo)
         name = f"m{t + 1}"

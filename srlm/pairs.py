@@ -226,7 +226,8 @@ def write_pairs(model, tokenizer, candidates, judgements, pairs, s: JudgeSetting
     if rank != 0:
         return None
     pairs = Path(pairs)
-    built, stats = pairs_from_judgements(rows, judged, s.min_valid, source=str(judgements), min_margin=s.min_margin)
+    built, stats = pairs_from_judgements(rows, judged, s.min_valid, source=str(judgements),
+                                         min_margin=s.min_margin)
     check_replace(pairs, len(built), overwrite, what="pairs")
     write_json(Path(summary or pairs.parent / "judge_summary.json"), stats)  # first: pairs.jsonl marks the step done
     write_jsonl(pairs, built)
