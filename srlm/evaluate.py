@@ -24,6 +24,9 @@ weights and chat format, both evaluation files, the settings) is unchanged, so a
 re-evaluates a model, and a changed model or file is never read from a stale result.
 
     python -m srlm.evaluate --model runs/default/m1 --name m1 --out-dir runs/default/eval
+    # M3's judge on M1's own samples (prints the AUC; compare with m1.json's own_samples):
+    python -m srlm.evaluate --model runs/default/iter2/model --judge-max-new-tokens 224 \
+        --judge-samples runs/default/eval/m1_own_samples.jsonl
 """
 from __future__ import annotations
 
@@ -108,17 +111,29 @@ def own_samples(model, tokenizer, eval_prompts: list[dict], template: str, n: in
     outs = generate(model, encoded, max_new_tokens, temperature=temperature, top_p=top_p,
                     eos_id=tokenizer.eos_id, seed=seed, batch_size=batch_size)
     answers = [tokenizer.decode(o) for o in outs]
+    return judge_samples(model, tokenizer, [{"prompt": p, "answers": answers[i * n:(i + 1) * n]}
+                                            for i, p in enumerate(prompts)],
+                         template, judge_max_new_tokens, batch_size, score_pattern)
+
+
+def judge_samples(model, tokenizer, samples: list[dict], template: str, judge_max_new_tokens: int, batch_size: int,
+                  score_pattern: str | None = None) -> tuple[dict, list[dict]]:
+    """Judge given answers greedily: samples are {"prompt", "answers": [str]} rows, as in an
+    `<name>_own_samples.jsonl`. Judging one model's samples with another model's judge separates
+    a better judge from answers that are easier to judge."""
+    flat = [(r["prompt"], a) for r in samples for a in r["answers"]]
     judge_fn = make_model_judge(model, tokenizer, max_new_tokens=judge_max_new_tokens, temperature=0.0,
                                 batch_size=batch_size)
-    texts = judge_fn([judge_prompt(p, a, template) for p, a in zip((p for p in prompts for _ in range(n)), answers)])
+    texts = iter(judge_fn([judge_prompt(p, a, template) for p, a in flat]))
     rows, groups = [], []
-    for i, prompt in enumerate(prompts):
-        sl = slice(i * n, (i + 1) * n)
-        graded = [_grade_row(prompt, a) for a in answers[sl]]
-        scores = [parse_score(t, score_pattern) for t in texts[sl]]
+    for r in samples:
+        judgements = [next(texts) for _ in r["answers"]]
+        graded = [_grade_row(r["prompt"], a) for a in r["answers"]]
+        scores = [parse_score(t, score_pattern) for t in judgements]
         groups.append({"correct": [g["correct"] for g in graded], "scores": scores})
-        rows.append({"prompt": prompt, "answers": answers[sl], "correct": groups[-1]["correct"],
-                     "scores": scores, "judgements": texts[sl]})
+        rows.append({"prompt": r["prompt"], "answers": list(r["answers"]), "correct": groups[-1]["correct"],
+                     "scores": scores, "judgements": judgements})
+    answers = [a for r in samples for a in r["answers"]]
     right = correctness_metrics(groups)
     flags = [c for g in groups for c in g["correct"] if c is not None]
     metrics = {"auc": right["auc"], "right_over_wrong": right["right_over_wrong"], "prompts_with_both": right["groups"],
@@ -215,18 +230,33 @@ def main(argv=None):
     p.add_argument("--model", required=True, help="HF-format checkpoint directory (with tokenizer.model or tokenizer.json)")
     p.add_argument("--chat", choices=sorted(FORMATS),
                    help="chat format (default: the checkpoint's chat template, else llama2)")
-    p.add_argument("--name", required=True, help="name of the result files, e.g. m1")
-    p.add_argument("--out-dir", required=True)
+    p.add_argument("--name", help="name of the result files, e.g. m1")
+    p.add_argument("--out-dir")
+    p.add_argument("--judge-samples", help="instead: judge the answers of a <name>_own_samples.jsonl with this "
+                                           "model and print the metrics (writes nothing)")
     p.add_argument("--eval-prompts", default="data/eval_prompts.jsonl")
     p.add_argument("--eval-groups", default="data/eval_groups.jsonl")
     p.add_argument("--judge-template", default="compact", help="'default', 'compact' or a template file")
     p.add_argument("--score-pattern", default=None, help="regex with a (?P<score>...) group")
     p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--judge-max-new-tokens", type=int, help="longest judgement (default: --max-new-tokens)")
     p.add_argument("--own-samples", type=int, default=4, help="answers per prompt for the judge's AUC (0: skip)")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
     from srlm.loading import load_for_inference
 
+    judge_tokens = a.judge_max_new_tokens or a.max_new_tokens
+    if a.judge_samples:
+        samples = read_jsonl(a.judge_samples, required=("prompt", "answers"),
+                             types={"prompt": "str", "answers": "list[str]"})  # bad input fails before the model loads
+        template = load_template(a.judge_template)
+        model, tokenizer = load_for_inference(a.model, device=a.device, chat=a.chat)
+        with torch.no_grad():
+            metrics, _ = judge_samples(model, tokenizer, samples, template, judge_tokens, 64, a.score_pattern)
+        print(json.dumps(metrics, indent=2))
+        return metrics
+    if not (a.name and a.out_dir):
+        raise DataError("give --name and --out-dir (a full evaluation), or --judge-samples FILE")
     if Path(a.out_dir).exists() and not Path(a.out_dir).is_dir():
         raise DataError(f"{a.out_dir}: --out-dir must be a folder (or not exist yet); this is a file")
     read_eval_inputs(a.eval_prompts, a.eval_groups)  # bad input fails before the model loads
@@ -236,7 +266,7 @@ def main(argv=None):
     model, tokenizer = load_for_inference(a.model, device=a.device, chat=a.chat)  # the dtype generation samples in
     result = evaluate_model(model, tokenizer, a.name, a.out_dir, a.eval_prompts, a.eval_groups,
                             template=a.judge_template, max_new_tokens=a.max_new_tokens,
-                            judge_max_new_tokens=a.max_new_tokens, score_pattern=a.score_pattern,
+                            judge_max_new_tokens=judge_tokens, score_pattern=a.score_pattern,
                             own_samples_n=a.own_samples)
     print(json.dumps(result, indent=2))
     return result

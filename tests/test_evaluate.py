@@ -69,6 +69,33 @@ def test_own_samples_auc_hand_counted(monkeypatch):
     assert rows[0]["correct"] == [True, False, False] and rows[1]["scores"] == [1.0, 4.0, 0.0]
 
 
+def test_judge_samples_scores_given_answers(monkeypatch, tmp_path):
+    """Another judge on the same answers: prompt 1 right "8" scored 2, wrong "6" scored 5 -> a loss;
+    prompt 2 right "9" scored 5, wrong "4" and "It is 7." scored 1 and 5 -> a win and a tie.
+    AUC = (0 + 1 + 0.5) / 3 = 0.5; right over wrong 1/3; 2 of 5 answers right."""
+    from srlm import evaluate
+    judged = {"8": "Score: 2", "6": "Score: 5", "9": "Score: 5", "4": "Score: 1", "It is 7.": "Score: 5"}
+    monkeypatch.setattr(evaluate, "make_model_judge", lambda model, tokenizer, **kw:
+                        lambda prompts: [judged[p.split("Answer: ")[1].split("\n")[0]] for p in prompts])
+    samples = [{"prompt": "What is 3 + 5?", "answers": ["8", "6"]},
+               {"prompt": "What is 4 + 5?", "answers": ["9", "4", "It is 7."]}]
+    metrics, rows = evaluate.judge_samples(None, None, samples, "Q: {prompt}\nAnswer: {response}\n", 8, 4)
+    assert metrics["auc"] == pytest.approx(0.5) and metrics["right_over_wrong"] == pytest.approx(1 / 3)
+    assert metrics["prompts_with_both"] == 2 and metrics["sampled_answer_correct"] == pytest.approx(2 / 5)
+    assert rows[1]["scores"] == [5.0, 1.0, 5.0] and rows[1]["correct"] == [True, False, False]
+
+
+def test_judge_samples_cli_refuses_bad_input_before_loading(tmp_path):
+    from srlm import evaluate
+    from srlm.io import DataError
+    bad = tmp_path / "m1_own_samples.jsonl"
+    bad.write_text('{"prompt": "What is 3 + 5?", "answers": ["8"]}\n{"prompt": "What is 4 + 5?", "answers": "9"}\n')
+    with pytest.raises(DataError, match=r"m1_own_samples\.jsonl.*2.*answers"):
+        evaluate.main(["--model", "nowhere", "--judge-samples", str(bad)])
+    with pytest.raises(DataError, match="--name and --out-dir"):
+        evaluate.main(["--model", "nowhere"])
+
+
 @pytest.fixture
 def tiny(tmp_path):
     """A random tiny model with the built-in tokenizer, and two world prompts and a ranked group."""
