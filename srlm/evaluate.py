@@ -133,11 +133,10 @@ def judge_samples(model, tokenizer, samples: list[dict], template: str, judge_ma
         groups.append({"correct": [g["correct"] for g in graded], "scores": scores})
         rows.append({"prompt": r["prompt"], "answers": list(r["answers"]), "correct": groups[-1]["correct"],
                      "scores": scores, "judgements": judgements})
-    answers = [a for r in samples for a in r["answers"]]
     right = correctness_metrics(groups)
     flags = [c for g in groups for c in g["correct"] if c is not None]
     metrics = {"auc": right["auc"], "right_over_wrong": right["right_over_wrong"], "prompts_with_both": right["groups"],
-               "sampled_answer_correct": sum(flags) / len(flags) if flags else None, "samples": len(answers)}
+               "sampled_answer_correct": sum(flags) / len(flags) if flags else None, "samples": len(flat)}
     return metrics, rows
 
 

@@ -538,9 +538,9 @@ def _one_slip(right: str, wrong: str) -> bool:
             return False
         diff = [i for i in range(len(a)) if a[i] != b[i]]
         return len(diff) == 1 or len(diff) == 2 and diff[1] == diff[0] + 1 and (a[diff[0]], a[diff[1]]) == (b[diff[1]], b[diff[0]])
-    diff = [i for i in range(max(len(right), len(wrong))) if right[i:i + 1] != wrong[i:i + 1]]
     if len(right) != len(wrong):
         return False
+    diff = [i for i in range(len(right)) if right[i] != wrong[i]]
     return len(diff) == 1 or len(diff) == 2 and diff[1] == diff[0] + 1 and right[diff[0]] == wrong[diff[1]]
 
 
