@@ -13,6 +13,9 @@ grader), drawn from one seeded random.Random, so the same --seed rebuilds the sa
     seed_prompts.jsonl   the IFT prompts as a prompts.jsonl {"id", "prompt", "source": "seed"}:
                          the pool that self-instruction draws its few-shot examples from
     eval_prompts.jsonl   held-out prompts {"id", "prompt", "family"}
+    eval_prompts_more.jsonl  700 more held-out prompts, same form, from the seven families whose
+                         questions are not all used already (MORE_FAMILIES): a finer measure of
+                         instruction following than eval_prompts.jsonl's 20 per family
     eval_groups.jsonl    held-out ranked groups {"id", "prompt", "replies", "ranks", "scores"}:
                          4 replies of distinct grader scores, rank 0 = best
     eval_tellfree.jsonl  the same questions as tell-free groups {..., "correct", "styles"}: the right
@@ -25,7 +28,8 @@ grader), drawn from one seeded random.Random, so the same --seed rebuilds the sa
     m0/                  the tiny base model M0, pretrained with our own `train.py --stage pretrain`
 
 No question of the held-out sets (compared by task, not wording: "What is 2 + 3?" and "Add 2 and
-3." are the same question) appears in the seed data or the corpus.
+3." are the same question) appears in the seed data or the corpus; eval_prompts_more.jsonl's
+questions appear in no other file at all.
 
     python -m data.build                 # everything, ~30 minutes on a 2-core CPU
     python -m data.build --skip-model    # only the text files and the tokenizer (seconds)
@@ -52,7 +56,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 DATA_DIR = Path(__file__).resolve().parent
 TEXT_FILES = ("ift.jsonl", "eft.jsonl", "eft_checks.jsonl", "seed_prompts.jsonl", "eval_prompts.jsonl",
-              "eval_groups.jsonl", "eval_tellfree.jsonl", "pretrain.jsonl")
+              "eval_groups.jsonl", "eval_tellfree.jsonl", "pretrain.jsonl", "eval_prompts_more.jsonl")
+# The families with questions to spare for eval_prompts_more.jsonl: every times-table question (121)
+# and every word's reverse, uppercase and length question (144 words) is already asked somewhere in
+# the seed data, the corpus or the held-out sets; of the other seven, at most half are.
+MORE_FAMILIES = ("add", "sub", "count_letter", "count_items", "sort", "max", "min")
 CHAT_SYMBOLS = ["[INST]", "[/INST]", "<<SYS>>", "<</SYS>>", "\n"]
 
 # The tiny Llama that M0 is (about 1 M parameters); vocab_size is set from the tokenizer.
@@ -62,30 +70,34 @@ M0_CONFIG = dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, multiple_of=32, m
 
 # ----------------------------------------------------------------------------- drawing tasks
 
-def draw_tasks(rng: random.Random, n: int, taken: set, unique: bool = True) -> list[Task]:
-    """n tasks, none whose key is in `taken`, families in turn from a random first one.
+def draw_tasks(rng: random.Random, n: int, taken: set, unique: bool = True, seen: set | None = None,
+               families: tuple[str, ...] = FAMILY_NAMES) -> list[Task]:
+    """n tasks, none whose key is in `taken`, `families` in turn from a random first one.
 
     With unique=True every new key is added to `taken`, so no question repeats within or across
-    the sets drawn after it.
+    the sets drawn after it. `seen`, if given, collects every key drawn (unique or not): build_text
+    uses it to know every question that any file asks.
     """
-    first = rng.randrange(len(FAMILY_NAMES))
+    first = rng.randrange(len(families))
     tasks: list[Task] = []
     attempts = 0
     while len(tasks) < n:
         attempts += 1
         if attempts > 1000 * (n + 1):
             raise RuntimeError(f"could not draw {n} distinct tasks; the task space is too small")
-        task = sample_task(rng, FAMILY_NAMES[(first + len(tasks)) % len(FAMILY_NAMES)])
+        task = sample_task(rng, families[(first + len(tasks)) % len(families)])
         if task.key in taken:
             continue
         if unique:
             taken.add(task.key)
+        if seen is not None:
+            seen.add(task.key)
         tasks.append(task)
     return tasks
 
 
-def eval_prompt_rows(tasks: list[Task]) -> list[dict]:
-    return [{"id": f"eval-{i:04d}", "prompt": t.prompt, "family": t.family} for i, t in enumerate(tasks)]
+def eval_prompt_rows(tasks: list[Task], prefix: str = "eval") -> list[dict]:
+    return [{"id": f"{prefix}-{i:04d}", "prompt": t.prompt, "family": t.family} for i, t in enumerate(tasks)]
 
 
 def eval_group_rows(tasks: list[Task], rng: random.Random, group_size: int = 4) -> list[dict]:
@@ -237,18 +249,21 @@ def _spellings(words: list[str]) -> str:
 
 
 def pretrain_rows(rng: random.Random, taken: set, n_sheets: int, n_notes: int, n_lists: int,
-                  n_worked: int = 0, n_drills: int = 0) -> list[dict]:
+                  n_worked: int = 0, n_drills: int = 0, seen: set | None = None) -> list[dict]:
+    def draw(n):  # the corpus may repeat questions (unique=False), never held-out ones
+        return draw_tasks(rng, n, taken, unique=False, seen=seen)
+
     docs = []
     for _ in range(n_sheets):
-        docs.append(_exercise_sheet(draw_tasks(rng, 8, taken, unique=False), rng))
+        docs.append(_exercise_sheet(draw(8), rng))
     for _ in range(n_notes):
-        docs.append(_grading_notes(draw_tasks(rng, 4, taken, unique=False), rng))
+        docs.append(_grading_notes(draw(4), rng))
     for _ in range(n_lists):
-        docs.append(_request_list(draw_tasks(rng, 9, taken, unique=False)))
+        docs.append(_request_list(draw(9)))
     for _ in range(n_worked):
-        docs.append(_worked_sheet(draw_tasks(rng, 4, taken, unique=False)))
+        docs.append(_worked_sheet(draw(4)))
     for _ in range(n_drills):
-        docs.append(_check_drill(draw_tasks(rng, 4, taken, unique=False), rng))
+        docs.append(_check_drill(draw(4), rng))
     words = list(WORDS)
     for _ in range(4):
         rng.shuffle(words)
@@ -266,7 +281,7 @@ def pretrain_rows(rng: random.Random, taken: set, n_sheets: int, n_notes: int, n
 def build_text(seed: int = 0, n_eval: int = 220, n_groups: int = 55, n_ift: int = 495,
                n_eft_tasks: int = 396, n_sheets: int = 1500, n_notes: int = 1000,
                n_lists: int = 400, n_worked: int = 1500, n_drills: int = 1500,
-               n_check_tasks: int = 400) -> dict[str, list[dict]]:
+               n_check_tasks: int = 400, n_more: int = 700) -> dict[str, list[dict]]:
     """All JSONL files of the world as {file name: rows}; the same arguments give the same rows.
 
     Held-out sets are drawn first and their questions reserved; IFT and EFT questions are
@@ -274,25 +289,31 @@ def build_text(seed: int = 0, n_eval: int = 220, n_groups: int = 55, n_ift: int 
     """
     rng = random.Random(seed)
     taken: set = set()
-    eval_tasks = draw_tasks(rng, n_eval, taken)
-    group_tasks = draw_tasks(rng, n_groups, taken)
+    seen: set = set()  # every question any file asks
+    eval_tasks = draw_tasks(rng, n_eval, taken, seen=seen)
+    group_tasks = draw_tasks(rng, n_groups, taken, seen=seen)
     held_out = set(taken)
-    ift_tasks = draw_tasks(rng, n_ift, taken)
-    eft_tasks = draw_tasks(rng, n_eft_tasks, taken)
-    return {
+    ift_tasks = draw_tasks(rng, n_ift, taken, seen=seen)
+    eft_tasks = draw_tasks(rng, n_eft_tasks, taken, seen=seen)
+    files = {
         "eval_prompts.jsonl": eval_prompt_rows(eval_tasks),
         "eval_groups.jsonl": eval_group_rows(group_tasks, rng),
         "ift.jsonl": ift_rows(ift_tasks, rng),
         "seed_prompts.jsonl": seed_prompt_rows(ift_tasks),
         "eft.jsonl": eft_rows(eft_tasks, rng),
-        "pretrain.jsonl": pretrain_rows(rng, held_out, n_sheets, n_notes, n_lists, n_worked, n_drills),
+        "pretrain.jsonl": pretrain_rows(rng, held_out, n_sheets, n_notes, n_lists, n_worked, n_drills, seen),
         # the same held-out questions as eval_groups.jsonl, from a second generator, so adding
         # this file changed no other file (and not M0)
         "eval_tellfree.jsonl": tellfree_rows(group_tasks, random.Random(seed + 1)),
         # likewise from a third generator: no other file changed, and the tokenizer does not read it
         "eft_checks.jsonl": eft_check_rows(draw_tasks(random.Random(seed + 2), n_check_tasks,
-                                                      set(held_out)), random.Random(seed + 3)),
+                                                      set(held_out), seen=seen), random.Random(seed + 3)),
     }
+    # Last, from a fifth generator (no other file changes; the tokenizer does not read it): more
+    # held-out questions, none asked anywhere above, so none was ever trained on.
+    files["eval_prompts_more.jsonl"] = eval_prompt_rows(
+        draw_tasks(random.Random(seed + 4), n_more, set(seen), families=MORE_FAMILIES), prefix="more")
+    return files
 
 
 # ----------------------------------------------------------------------------- tokenizer

@@ -2,7 +2,8 @@
 
 1. Instruction following: the model answers held-out prompts (greedy); the world's reference grader
    (srlm/world.py) scores each answer -> answer-correct accuracy (the right option, any style),
-   exact accuracy (exactly the bare answer) and the mean 0-5 grade. Head-to-head win/tie/loss
+   exact accuracy (exactly the bare answer) and the mean 0-5 grade; the same on a second prompt set
+   where given (the loop's default: data/eval_prompts_more.jsonl). Head-to-head win/tie/loss
    between two models compares their graded answers prompt by prompt. Open-ended prompts (the
    real-data path, e.g. OASST) have no grader: their answers are saved ungraded, for an outside
    judge (the paper used GPT-4 and AlpacaEval), and the grader metrics read None.
@@ -180,18 +181,23 @@ def read_eval_inputs(eval_prompts_file, eval_groups_file) -> tuple[list[dict], l
 def evaluate_model(model, tokenizer, name: str, out_dir, eval_prompts_file, eval_groups_file, *, template="compact",
                    max_new_tokens: int = 48, judge_max_new_tokens: int = 48, batch_size: int = 64,
                    score_pattern: str | None = None, own_samples_n: int = 0, temperature: float = 0.7,
-                   top_p: float = 0.9, seed: int = 0) -> dict:
+                   top_p: float = 0.9, seed: int = 0, more_prompts_file=None) -> dict:
     """Evaluate one model (srlm.loading.load_for_inference), results in <out_dir>/<name>.json.
 
-    The result file records the input_hash of what produced it (`eval_key`: the model, both
+    The result file records the input_hash of what produced it (`eval_key`: the model, the
     evaluation files, the settings); it is reused only when that hash is unchanged, else the
     evaluation runs again and replaces it. own_samples_n = 0 skips the judge-on-own-samples
-    measurement (it costs n answers and n judgements per prompt)."""
+    measurement (it costs n answers and n judgements per prompt). more_prompts_file: a second set
+    of held-out prompts, answered and graded like the first (result "instruction_following_more";
+    the built-in world's data/eval_prompts_more.jsonl: 100 prompts per family instead of 20)."""
     eval_prompts, eval_groups = read_eval_inputs(eval_prompts_file, eval_groups_file)
+    more_prompts = read_eval_inputs(more_prompts_file, eval_groups_file)[0] if more_prompts_file else None
     template = load_template(template)
     settings = {"template": template, "max_new_tokens": max_new_tokens, "judge_max_new_tokens": judge_max_new_tokens,
                 "batch_size": batch_size, "score_pattern": score_pattern, "own_samples": own_samples_n,
                 "temperature": temperature, "top_p": top_p, "seed": seed}
+    if more_prompts_file:  # only then, so that results without it keep their hash
+        settings["more_prompts"] = file_hash(more_prompts_file)
     key = eval_key(model, tokenizer, eval_prompts_file, eval_groups_file, settings)
     out_dir = Path(out_dir)
     result_file = out_dir / f"{name}.json"
@@ -206,6 +212,9 @@ def evaluate_model(model, tokenizer, name: str, out_dir, eval_prompts_file, eval
         ift, answers = instruction_following(model, tokenizer, eval_prompts, max_new_tokens, batch_size)
         rm, judgements = reward_modelling(model, tokenizer, eval_groups, template, judge_max_new_tokens,
                                           batch_size, score_pattern)
+        more = None
+        if more_prompts is not None:
+            more, more_answers = instruction_following(model, tokenizer, more_prompts, max_new_tokens, batch_size)
         own = None
         if own_samples_n > 0:
             own, own_rows = own_samples(model, tokenizer, eval_prompts, template, own_samples_n, temperature,
@@ -213,6 +222,9 @@ def evaluate_model(model, tokenizer, name: str, out_dir, eval_prompts_file, eval
     write_jsonl(out_dir / f"{name}_answers.jsonl", answers)
     write_jsonl(out_dir / f"{name}_judgements.jsonl", judgements)
     result = {"model": name, "instruction_following": ift, "reward_modelling": rm}
+    if more is not None:
+        write_jsonl(out_dir / f"{name}_answers_more.jsonl", more_answers)
+        result["instruction_following_more"] = more
     if own is not None:
         write_jsonl(out_dir / f"{name}_own_samples.jsonl", own_rows)
         result["own_samples"] = own
@@ -235,6 +247,8 @@ def main(argv=None):
                                            "model and print the metrics (writes nothing)")
     p.add_argument("--eval-prompts", default="data/eval_prompts.jsonl")
     p.add_argument("--eval-groups", default="data/eval_groups.jsonl")
+    p.add_argument("--eval-prompts-more", help="a second held-out prompt file, graded on its own "
+                                                "(e.g. data/eval_prompts_more.jsonl)")
     p.add_argument("--judge-template", default="compact", help="'default', 'compact' or a template file")
     p.add_argument("--score-pattern", default=None, help="regex with a (?P<score>...) group")
     p.add_argument("--max-new-tokens", type=int, default=48)
@@ -259,6 +273,8 @@ def main(argv=None):
     if Path(a.out_dir).exists() and not Path(a.out_dir).is_dir():
         raise DataError(f"{a.out_dir}: --out-dir must be a folder (or not exist yet); this is a file")
     read_eval_inputs(a.eval_prompts, a.eval_groups)  # bad input fails before the model loads
+    if a.eval_prompts_more:
+        read_eval_inputs(a.eval_prompts_more, a.eval_groups)
     load_template(a.judge_template)
     if a.score_pattern:
         parse_score("", a.score_pattern)
@@ -266,7 +282,7 @@ def main(argv=None):
     result = evaluate_model(model, tokenizer, a.name, a.out_dir, a.eval_prompts, a.eval_groups,
                             template=a.judge_template, max_new_tokens=a.max_new_tokens,
                             judge_max_new_tokens=judge_tokens, score_pattern=a.score_pattern,
-                            own_samples_n=a.own_samples)
+                            own_samples_n=a.own_samples, more_prompts_file=a.eval_prompts_more)
     print(json.dumps(result, indent=2))
     return result
 

@@ -132,7 +132,8 @@ def step(name: str, output: Path, fn) -> None:
 
 
 # Flags that may change when a run directory is continued: where it runs and how far it goes.
-RESTARTABLE = ("device", "iterations", "skip_eval", "run_dir")
+# eval_prompts_more only adds an evaluation column; each evaluation is keyed by its own input hash.
+RESTARTABLE = ("device", "iterations", "skip_eval", "run_dir", "eval_prompts_more")
 # Settings added after earlier runs were recorded, with the value those runs used.
 ADDED = {"dpo_nll_alpha": 0.0, "min_margin": 0.0}
 
@@ -209,10 +210,21 @@ def check_inputs(a, s: dict) -> dict:
         read_jsonl(a.eval_prompts, required=("prompt",), types={"prompt": "str"})
         load_groups(a.eval_groups)
         files.update(eval_prompts=a.eval_prompts, eval_groups=a.eval_groups)
+        if more_prompts(a):
+            read_jsonl(more_prompts(a), required=("prompt",), types={"prompt": "str"})
     config = next((base / n for n in ("config.json", "params.json") if (base / n).is_file()), None)
     if config is not None:
         files["base_model_config"] = config
     return {name: file_hash(path) for name, path in files.items()}
+
+
+def more_prompts(a) -> str | None:
+    """The second held-out prompt set: --eval-prompts-more, else the built-in world's
+    eval_prompts_more.jsonl when --eval-prompts is the built-in one; "none" skips it."""
+    if a.eval_prompts_more is not None:
+        return None if a.eval_prompts_more.lower() == "none" else a.eval_prompts_more
+    built_in = Path(a.eval_prompts).resolve() == (DATA / "eval_prompts.jsonl").resolve()
+    return str(DATA / "eval_prompts_more.jsonl") if built_in else None
 
 
 def run(a) -> dict:
@@ -252,7 +264,7 @@ def run(a) -> dict:
                                  template=s["judge_template"], max_new_tokens=s["eval_max_new_tokens"],
                                  judge_max_new_tokens=s["judge_max_new_tokens"], score_pattern=a.score_pattern,
                                  own_samples_n=s["eval_own_samples"], temperature=s["response_temperature"],
-                                 top_p=s["top_p"], seed=a.seed)
+                                 top_p=s["top_p"], seed=a.seed, more_prompts_file=more_prompts(a))
         dist.barrier()
         return out
 
@@ -403,15 +415,17 @@ def results_table(results: dict) -> str:
     def by_grader(g):  # the pairs as the grader sees them: right>wrong / wrong>right / both right / both wrong / ungraded
         return "–" if not g else "/".join(str(g[k]) for k in g)
 
-    head = ("| model | answer-correct | exact acc | grade (0-5) | W/T/L vs M1 | judge pairwise acc | judge right>wrong "
+    head = ("| model | answer-correct | answer-correct, more prompts | exact acc | grade (0-5) | W/T/L vs M1 "
+            "| judge pairwise acc | judge right>wrong "
             "| judge AUC own samples | sampled answer-correct | judge parse fail | prompts kept | pairs "
             "| pairs R>W/W>R/RR/WW/U | mean answer chars |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, r in results.items():
         ift, rm, d = r.get("instruction_following", {}), r.get("reward_modelling", {}), r.get("data", {})
-        own = r.get("own_samples", {})
+        own, more = r.get("own_samples", {}), r.get("instruction_following_more", {})
         lines.append(
-            f"| {name.upper()} | {pct(ift.get('answer_correct'))} | {pct(ift.get('exact_accuracy'))} "
+            f"| {name.upper()} | {pct(ift.get('answer_correct'))} | {pct(more.get('answer_correct'))} "
+            f"| {pct(ift.get('exact_accuracy'))} "
             f"| {num(ift.get('mean_grade'), '{:.2f}')} | {wtl(r.get('vs_m1'))} | {pct(rm.get('pairwise_accuracy'))} "
             f"| {pct(rm.get('right_over_wrong'))} | {num(own.get('auc'))} | {pct(own.get('sampled_answer_correct'))} "
             f"| {pct(rm.get('parse_failure_rate'))} | {kept(d)} | {d.get('pairs', '–')} "
@@ -431,6 +445,9 @@ def main(argv=None):
                    help="EFT seed, one or more files: judge prompts with judgements")
     p.add_argument("--seed-prompts", default=str(DATA / "seed_prompts.jsonl"), help="self-instruction seed pool")
     p.add_argument("--eval-prompts", default=str(DATA / "eval_prompts.jsonl"))
+    p.add_argument("--eval-prompts-more", default=None,
+                   help="a second held-out prompt file, graded on its own (default: data/eval_prompts_more.jsonl "
+                        "when --eval-prompts is the built-in one, else none; 'none': skip)")
     p.add_argument("--eval-groups", default=str(DATA / "eval_tellfree.jsonl"),
                    help="held-out judged groups (default: the tell-free ones; data/eval_groups.jsonl has wording tells)")
     p.add_argument("--iterations", type=int, default=2, help="self-rewarding iterations (2 gives M2 and M3)")

@@ -22,7 +22,9 @@ from srlm.io import DataError
 # (label, path into results.json per model, percent?)
 METRICS = (
     ("answer-correct", ("instruction_following", "answer_correct"), True),
+    ("answer-correct, more prompts", ("instruction_following_more", "answer_correct"), True),
     ("exact acc", ("instruction_following", "exact_accuracy"), True),
+    ("exact acc, more prompts", ("instruction_following_more", "exact_accuracy"), True),
     ("grade (0-5)", ("instruction_following", "mean_grade"), False),
     ("judge pairwise acc (tell-free)", ("reward_modelling", "pairwise_accuracy"), True),
     ("judge right>wrong (tell-free)", ("reward_modelling", "right_over_wrong"), True),

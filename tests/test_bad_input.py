@@ -231,6 +231,11 @@ def test_loop_checks_inputs_before_writing_anything(tmp_path, capsys):
     assert "ift.jsonl:2: missing required field(s) ['response']" in line
     line = fails(capsys, loop.main, "python -m srlm.loop", loop_args(run_dir, "--base-model", tmp_path / "nope"))
     assert "nope: --base-model directory not found" in line
+    more = tmp_path / "more.jsonl"
+    more.write_text('{"prompt": "What is 2 + 2?"}\n{"text": "no prompt"}\n')
+    args = [a for a in loop_args(run_dir, "--eval-prompts-more", more) if a != "--skip-eval"]
+    line = fails(capsys, loop.main, "python -m srlm.loop", args)
+    assert "more.jsonl:2: missing required field(s) ['prompt']" in line
     assert not run_dir.exists()
 
 

@@ -143,3 +143,13 @@ def test_evaluate_model_reuses_its_result_only_for_the_same_inputs(tiny, monkeyp
     (out / "m.json").write_text(json.dumps({**first}))             # a result without its input_hash
     run(m1, seed=1)
     assert len(runs) == 5
+    # a second prompt set: graded on its own, its answers kept; its contents are part of the key
+    write_jsonl(root / "more.jsonl", [{"id": "x", "prompt": "What is 2 + 2?"}, {"id": "y", "prompt": "Hi."},
+                                      {"id": "z", "prompt": "What is 1 + 1?"}])
+    more = run(m1, seed=1, more_prompts_file=root / "more.jsonl")
+    assert len(runs) == 7                                          # both sets answered again
+    assert more["instruction_following_more"]["graded"] == 2 and more["instruction_following_more"]["ungraded"] == 1
+    assert [r["id"] for r in evaluate.read_jsonl(out / "m_answers_more.jsonl")] == ["x", "y", "z"]
+    assert same(run(m1, seed=1, more_prompts_file=root / "more.jsonl"), more) and len(runs) == 7
+    write_jsonl(root / "more.jsonl", [{"id": "x", "prompt": "What is 2 + 2?"}])
+    assert run(m1, seed=1, more_prompts_file=root / "more.jsonl")["instruction_following_more"]["graded"] == 1

@@ -190,10 +190,23 @@ def test_results_table_layout():
     table = loop.results_table({"m1": {"instruction_following": {"answer_correct": 0.5, "mean_grade": 2.5,
                                                                   "exact_accuracy": 0.25, "mean_response_chars": 4.0},
                                        "reward_modelling": {"pairwise_accuracy": 0.5, "spearman": float("nan")},
+                                       "instruction_following_more": {"answer_correct": 0.375},
                                        "own_samples": {"auc": 0.625}}})
     header, rule, row = table.splitlines()
     assert header.count("|") == rule.count("|") == row.count("|")
-    assert "| M1 | 50.0% | 25.0% | 2.50 |" in row and "| 50.0% |" in row and "| 0.625 |" in row
+    assert "| M1 | 50.0% | 37.5% | 25.0% | 2.50 |" in row and "| 50.0% |" in row and "| 0.625 |" in row
+    assert "| answer-correct | answer-correct, more prompts | exact acc |" in header
+
+
+def test_more_prompts_default_follows_the_eval_prompts():
+    """The second prompt set defaults to the world's own only when the first one is the world's too."""
+    from argparse import Namespace
+    world_prompts = str(loop.DATA / "eval_prompts.jsonl")
+    assert loop.more_prompts(Namespace(eval_prompts=world_prompts, eval_prompts_more=None)) == \
+        str(loop.DATA / "eval_prompts_more.jsonl")
+    assert loop.more_prompts(Namespace(eval_prompts="oasst/eval.jsonl", eval_prompts_more=None)) is None
+    assert loop.more_prompts(Namespace(eval_prompts=world_prompts, eval_prompts_more="none")) is None
+    assert loop.more_prompts(Namespace(eval_prompts="x.jsonl", eval_prompts_more="y.jsonl")) == "y.jsonl"
 
 
 def test_pairs_vs_grader_hand_counted():

@@ -46,6 +46,8 @@ def test_seeds_table_from_results_files(tmp_path):
     table = report.main([str(d) for d in dirs])
     row = next(line for line in table.splitlines() if line.startswith("| answer-correct"))
     assert "| 30.0 ± 2.0 |" in row and "| 40.0 ± 4.0 |" in row and "+10.0, +12.0, +8.0" in row and row.endswith("| yes |")
+    more = next(line for line in table.splitlines() if line.startswith("| answer-correct, more prompts"))
+    assert more.endswith("| – | – |")                                 # these results have no second set
     flat = next(line for line in table.splitlines() if line.startswith("| judge AUC"))
     assert flat.endswith("| no |")                                   # 0.6 -> 0.6: no gain
     assert "| into M3 | 15 | 3 | 6 | 0 | 9 |" in table

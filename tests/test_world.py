@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from srlm.world import (FAMILIES, FAMILY_NAMES, STYLES, answer_correct, candidates, comparison, criteria,
+from srlm.world import (FAMILIES, FAMILY_NAMES, STYLES, WORDS, answer_correct, candidates, comparison, criteria,
                         crossed_replies, grade, grade_prompt, is_exact, judgement_text, make_task, near_miss, parse_task,
                         reply_answer, working, WRONG,
                         response_of_quality, responses_of_each_quality, sample_task)
@@ -421,6 +421,38 @@ def test_data_fields_counts_and_disjointness():
         for i in range(len(FAMILIES[family].templates)):
             assert make_task(family, args, i).prompt not in corpus_text
     assert "[INST]" not in corpus_text                 # M0's corpus is not chat data
+
+
+def test_more_eval_prompts_are_asked_nowhere_else():
+    """eval_prompts_more.jsonl: 100 questions per family of build.MORE_FAMILIES, none asked by any
+    other file (by task, any wording), the corpus included; and the families left out have no
+    question to spare (every times-table and word question is asked somewhere already)."""
+    build = _load_build()
+    more = _rows("eval_prompts_more.jsonl")
+    tasks = [parse_task(r["prompt"]) for r in more]
+    assert all(t is not None and t.family == r["family"] for t, r in zip(tasks, more))
+    assert Counter(t.family for t in tasks) == {f: 100 for f in build.MORE_FAMILIES}
+    keys = {t.key for t in tasks}
+    assert len(keys) == len(more)
+    others = [parse_task(r["prompt"]) for name in ("ift.jsonl", "eval_prompts.jsonl", "eval_groups.jsonl")
+              for r in _rows(name)]
+    judged = [re.search(r"\nQuestion: (.*)\nAnswer: ", r["prompt"]).group(1)
+              for name in ("eft.jsonl", "eft_checks.jsonl") for r in _rows(name)]
+    assert not keys & ({t.key for t in others} | {parse_task(q).key for q in judged})
+    corpus_text = "\n".join(r["text"] for r in _rows("pretrain.jsonl"))
+    for family, args in keys:
+        for i in range(len(FAMILIES[family].templates)):
+            assert make_task(family, args, i).prompt not in corpus_text
+    seen: set = set()
+    real = build.draw_tasks
+    build.draw_tasks = lambda *a, **k: [t for t in real(*a, **k) if seen.add(t.key) or True]
+    try:
+        build.build_text(seed=0, n_more=0)
+    finally:
+        build.draw_tasks = real
+    for family in set(FAMILY_NAMES) - set(build.MORE_FAMILIES):
+        space = 121 if family == "mul" else sum(FAMILIES[family].valid((w,)) for w in WORDS)
+        assert sum(f == family for f, _ in seen) == space
 
 
 def test_tokenizer_model():
