@@ -25,14 +25,15 @@ what the model wrote and why a pair was chosen:
     runs/default/iter1/prompts.jsonl candidates.jsonl judgements.jsonl pairs.jsonl model/   (model = M2)
                       prompts_summary.json judge_summary.json   (prompts tried and rejected; score counts)
     runs/default/iter2/...                                                                  (model = M3)
-    runs/default/eval/m1.json m1_answers.jsonl m1_judgements.jsonl ...
+    runs/default/eval/m1.json m1_answers.jsonl m1_answers_more.jsonl m1_judgements.jsonl m1_own_samples.jsonl ...
     runs/default/results.json results.md  the table printed at the end
 
 Each step is skipped when its output exists, and each step resumes its own partial work, so killing
 the command at any point and running it again loses nothing already finished. Every input (data
 files, M0's config and tokenizer, the judge template) is checked before anything is written, and a
 run directory is continued only with the settings (and input files) recorded in its settings.json:
-other ones are refused, naming each difference (--iterations, --device and --skip-eval may change).
+other ones are refused, naming each difference (--iterations, --device, --skip-eval and
+--eval-prompts-more may change: an evaluation is redone when its own inputs change).
 
     python -m srlm.loop                                   # built-in default (data/), 2-core CPU, minutes
     python -m srlm.loop --run-dir runs/llama --base-model llama-2-7b-hf \\
