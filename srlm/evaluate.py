@@ -166,13 +166,19 @@ def eval_key(model, tokenizer, eval_prompts_file, eval_groups_file, settings: di
                        "eval_groups": file_hash(eval_groups_file), **settings})
 
 
+def read_eval_prompts(path) -> list[dict]:
+    """Held-out prompts {"prompt", ...}, checked (file:line: key); an empty file fails too."""
+    rows = read_jsonl(path, required=("prompt",), types={"prompt": "str"})
+    if not rows:
+        raise DataError(f"{path}: no prompts in this file")
+    return rows
+
+
 def read_eval_inputs(eval_prompts_file, eval_groups_file) -> tuple[list[dict], list[dict]]:
     """The held-out prompts and ranked groups, checked (file:line: key); a bad file fails here."""
     from srlm.pairs import load_groups
 
-    eval_prompts = read_jsonl(eval_prompts_file, required=("prompt",), types={"prompt": "str"})
-    if not eval_prompts:
-        raise DataError(f"{eval_prompts_file}: no prompts in this file")
+    eval_prompts = read_eval_prompts(eval_prompts_file)
     load_groups(eval_groups_file)  # the checks judge.py --eval makes (types, ranks per reply)
     eval_groups = read_jsonl(eval_groups_file, required=("prompt", "replies", "ranks"))
     return eval_prompts, eval_groups
@@ -191,7 +197,7 @@ def evaluate_model(model, tokenizer, name: str, out_dir, eval_prompts_file, eval
     of held-out prompts, answered and graded like the first (result "instruction_following_more";
     the built-in world's data/eval_prompts_more.jsonl: 100 prompts per family instead of 20)."""
     eval_prompts, eval_groups = read_eval_inputs(eval_prompts_file, eval_groups_file)
-    more_prompts = read_eval_inputs(more_prompts_file, eval_groups_file)[0] if more_prompts_file else None
+    more_prompts = read_eval_prompts(more_prompts_file) if more_prompts_file else None
     template = load_template(template)
     settings = {"template": template, "max_new_tokens": max_new_tokens, "judge_max_new_tokens": judge_max_new_tokens,
                 "batch_size": batch_size, "score_pattern": score_pattern, "own_samples": own_samples_n,
@@ -274,7 +280,7 @@ def main(argv=None):
         raise DataError(f"{a.out_dir}: --out-dir must be a folder (or not exist yet); this is a file")
     read_eval_inputs(a.eval_prompts, a.eval_groups)  # bad input fails before the model loads
     if a.eval_prompts_more:
-        read_eval_inputs(a.eval_prompts_more, a.eval_groups)
+        read_eval_prompts(a.eval_prompts_more)
     load_template(a.judge_template)
     if a.score_pattern:
         parse_score("", a.score_pattern)

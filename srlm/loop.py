@@ -50,7 +50,7 @@ from pathlib import Path
 from srlm import dist
 from srlm.candidates import CandidateSettings, write_candidates
 from srlm.chat import FORMATS
-from srlm.evaluate import evaluate_model, head_to_head, load_answers
+from srlm.evaluate import evaluate_model, head_to_head, load_answers, read_eval_prompts
 from srlm.io import DataError, atomic_write_text, check_settings, file_hash, read_jsonl, write_json, write_jsonl
 from srlm.loading import load_for_inference
 from srlm.pairs import JudgeSettings, write_pairs
@@ -208,11 +208,11 @@ def check_inputs(a, s: dict) -> dict:
     files = {"ift": a.ift, "eft": a.eft[0], "seed_prompts": a.seed_prompts}
     files.update({f"eft{i}": path for i, path in enumerate(a.eft[1:], start=2)})
     if not a.skip_eval:
-        read_jsonl(a.eval_prompts, required=("prompt",), types={"prompt": "str"})
+        read_eval_prompts(a.eval_prompts)
         load_groups(a.eval_groups)
         files.update(eval_prompts=a.eval_prompts, eval_groups=a.eval_groups)
         if more_prompts(a):
-            read_jsonl(more_prompts(a), required=("prompt",), types={"prompt": "str"})
+            read_eval_prompts(more_prompts(a))
     config = next((base / n for n in ("config.json", "params.json") if (base / n).is_file()), None)
     if config is not None:
         files["base_model_config"] = config
