@@ -4,7 +4,8 @@
 
 Each candidate answer is put in the judge prompt (srlm/judge.py, the paper's additive 5-point
 rubric) and judged K times by sampling; the parsed scores are averaged (candidates with fewer
-than `min_valid` parsed judgements are dropped); per prompt, the best-scored candidate becomes
+than `min_valid` parsed judgements are dropped; identical answers to one prompt are judged once
+and share those judgements, so copies tie and never form a pair); per prompt, the best-scored candidate becomes
 "chosen" and the worst "rejected" (ties give no pair).
 
     judgements.jsonl  one line per (prompt id, candidate index):
@@ -137,6 +138,18 @@ def work_units(rows: list[dict]) -> list[tuple[str, int, str, str]]:
     return [(str(r["id"]), i, r["prompt"], c) for r in rows for i, c in enumerate(r["candidates"])]
 
 
+def first_copies(units: list[tuple[str, int, str, str]]) -> dict:
+    """(id, candidate index) -> (id, index of the first candidate of that prompt with the same text).
+
+    Identical answers to one prompt are judged once: the judge sees the same text, so further
+    judgements of a copy would only add sampling noise, and a pair of two copies (chosen ==
+    rejected) would give DPO nothing to learn. With N = 4 short answers, a quarter of the
+    candidates are such copies in the built-in world.
+    """
+    first: dict = {}
+    return {(rid, idx): first.setdefault((rid, cand), (rid, idx)) for rid, idx, _, cand in units}
+
+
 def _reusable(rows, want: dict) -> dict:
     """(id, candidate index) -> row, for the rows whose input_hash is the one wanted now."""
     out = {}
@@ -164,6 +177,7 @@ def judge_candidates(rows: list[dict], judge_fn: Callable, judgements: str | Pat
         raise ValueError(f"k (judgements per candidate) must be >= 1, got {k}")
     judgements = Path(judgements)
     units = work_units(rows)
+    copy_of = first_copies(units)
     context = {"k": k, "template": template, "score_pattern": pattern, "seed": seed, **(context or {})}
     want = {(rid, idx): input_hash({"prompt": prompt, "candidate": cand, **context})
             for rid, idx, prompt, cand in units}
@@ -173,7 +187,8 @@ def judge_candidates(rows: list[dict], judge_fn: Callable, judgements: str | Pat
     if judgements.is_file():
         old_rows += read_jsonl(judgements)
     done = set(_reusable(old_rows, want))
-    chunks = [units[i:i + chunk_size] for i in range(0, len(units), chunk_size)]
+    to_judge = [u for u in units if copy_of[u[:2]] == u[:2]]   # each distinct answer of a prompt once
+    chunks = [to_judge[i:i + chunk_size] for i in range(0, len(to_judge), chunk_size)]
     mine = [(c, chunk) for c, chunk in enumerate(chunks)
             if c % world_size == rank and any((u[0], u[1]) not in done for u in chunk)]
     log = partial_log(judgements, rank, world_size)
@@ -194,10 +209,10 @@ def judge_candidates(rows: list[dict], judge_fn: Callable, judgements: str | Pat
     if rank == 0:
         by_key = _reusable([r for path in all_partial_logs(judgements) for r in read_jsonl_partial(path)]
                            + (read_jsonl(judgements) if judgements.is_file() else []), want)
-        missing = [u[:2] for u in units if u[:2] not in by_key]
+        missing = [u[:2] for u in to_judge if u[:2] not in by_key]
         if missing:
             raise RuntimeError(f"{len(missing)} candidates were not judged, e.g. {missing[:3]}")
-        result = [by_key[u[:2]] for u in units]
+        result = [dict(by_key[copy_of[u[:2]]], candidate_index=u[1]) for u in units]   # copies share
         for r in result:   # --min-valid may differ from the run that wrote a row
             r["mean_score"] = aggregate_scores(r["scores"], min_valid)
         write_jsonl(judgements, result)

@@ -35,7 +35,7 @@ def test_judge_candidates_rows_pairs_and_chunk_seeds(tmp_path):
     out = tmp_path / "judgements.jsonl"
     rows = judge_candidates(CANDIDATES, fake_judge(calls), out, k=2, template=COMPACT_TEMPLATE,
                                   chunk_size=3, seed=10, progress=False)
-    assert calls == [(6, 10), (6, 11), (4, 12)]                 # 8 candidates in chunks of 3, x2
+    assert calls == [(6, 10), (6, 11), (2, 12)]                 # 7 distinct candidates in chunks of 3, x2
     assert rows == read_jsonl(out) and len(rows) == 8
     assert [(r["id"], r["candidate_index"]) for r in rows] == \
         [("p1", 0), ("p1", 1), ("p1", 2), ("p2", 0), ("p2", 1), ("p3", 0), ("p3", 1), ("p3", 2)]
@@ -43,6 +43,7 @@ def test_judge_candidates_rows_pairs_and_chunk_seeds(tmp_path):
         "id": "p1", "candidate_index": 1, "judgements": ["Fine.\nScore: 5"] * 2, "scores": [5.0, 5.0],
         "mean_score": 5.0}
     assert len({r["input_hash"] for r in rows}) == 7              # one per (prompt, candidate text): p2 has twins
+    assert rows[4] == dict(rows[3], candidate_index=1)           # p2's twin shares the judgements of the first
     assert rows[5]["scores"] == [None, None] and rows[5]["mean_score"] is None
     assert not list(tmp_path.glob("*.partial"))                 # merged and removed
     pairs, summary = pairs_from_judgements(CANDIDATES, rows, 1)
@@ -119,13 +120,13 @@ def test_judge_candidates_rejudges_only_what_changed(tmp_path):
     calls = []
     rows = judge_candidates(changed, fake_judge(calls), out, k=1, template=COMPACT_TEMPLATE, chunk_size=1,
                             progress=False)
-    assert sum(n for n, _ in calls) == 4                         # p1's 0 and 2 (swapped), p2's 0 and 1
+    assert sum(n for n, _ in calls) == 3                         # p1's 0 and 2 (swapped), p2's 0 (1 is its twin)
     pairs, _ = pairs_from_judgements(changed, rows)
     assert (pairs[0]["chosen"], pairs[0]["rejected"]) == ("score 5", "score 2")  # never a stale score
     calls.clear()  # other judge settings (another model, another k) are other inputs too
     judge_candidates(changed, fake_judge(calls), out, k=1, template=COMPACT_TEMPLATE, progress=False,
                      context={"model": "another"})
-    assert sum(n for n, _ in calls) == 8
+    assert sum(n for n, _ in calls) == 7                         # every distinct candidate
 
 
 def test_judge_candidates_never_shrinks_an_output_without_overwrite(tmp_path):
