@@ -52,6 +52,23 @@ def test_judge_candidates_rows_pairs_and_chunk_seeds(tmp_path):
     assert summary["parse_failure_rate"] == 2 / 16
 
 
+def test_identical_answers_are_judged_once_and_never_paired(tmp_path):
+    """A sampled judge scores copies of one answer differently; judged once, the copies tie."""
+    calls = []
+
+    def noisy_judge(prompts, seed=0):            # a different score at every position: pure noise
+        calls.append(len(prompts))
+        return [f"Score: {1 + (seed + j) % 5}" for j in range(len(prompts))]
+
+    rows = [{"id": "q", "prompt": "Say hi.", "candidates": ["hi", "hi", "hello", "hi"]}]
+    judged = judge_candidates(rows, noisy_judge, tmp_path / "j.jsonl", k=1, template=COMPACT_TEMPLATE,
+                              progress=False)
+    assert calls == [2]                                          # "hi" and "hello"
+    assert [r["scores"] for r in judged] == [[1.0], [1.0], [2.0], [1.0]]
+    pairs, _ = pairs_from_judgements(rows, judged, 1)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("hello", "hi")]
+
+
 def test_judge_candidates_resumes_after_a_kill(tmp_path):
     out = tmp_path / "judgements.jsonl"
     calls = []
