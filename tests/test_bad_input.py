@@ -309,7 +309,7 @@ def test_loop_refuses_a_run_directory_with_other_settings(tmp_path, capsys, monk
         loop.main([str(a) for a in loop_args(run_dir)])
     recorded = (run_dir / "settings.json").read_bytes()
     line = fails(capsys, loop.main, "python -m srlm.loop", loop_args(run_dir, "--seed", "5", "--dpo-lr", "3e-4"))
-    assert "this run directory was made with other settings (dpo_lr: recorded 0.0001, now 0.0003; " \
+    assert "this run directory was made with other settings (dpo_lr: recorded 3e-05, now 0.0003; " \
            "seed: recorded 0, now 5)" in line
     assert (run_dir / "settings.json").read_bytes() == recorded
     with pytest.raises(Stop):  # where it runs and how far it goes may change
