@@ -70,7 +70,7 @@ def parse_args(argv):
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--top-p", type=float, default=0.9)
     ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=32, help="rows per forward pass")
+    ap.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
     ap.add_argument("--chunk-size", type=int, default=64, help="candidates per resumable chunk")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")

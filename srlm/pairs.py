@@ -64,7 +64,7 @@ class JudgeSettings:
     temperature: float = 0.7
     top_p: float = 0.9
     max_new_tokens: int = 256
-    batch_size: int = 32                # rows per forward pass
+    batch_size: int = 64                # rows per forward pass (CPU, 2 threads: 64 judges 1.3x faster than 32)
     chunk_size: int = 64                # candidates per resumable chunk
     seed: int = 0
 
