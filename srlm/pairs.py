@@ -5,8 +5,8 @@
 Each candidate answer is put in the judge prompt (srlm/judge.py, the paper's additive 5-point
 rubric) and judged K times by sampling; the parsed scores are averaged (candidates with fewer
 than `min_valid` parsed judgements are dropped; identical answers to one prompt are judged once
-and share those judgements, so copies tie and never form a pair); per prompt, the best-scored candidate becomes
-"chosen" and the worst "rejected" (ties give no pair).
+and share those judgements, so copies tie and never form a pair); per prompt, the best-scored
+candidate becomes "chosen" and the worst "rejected" (ties give no pair).
 
     judgements.jsonl  one line per (prompt id, candidate index):
                       {"id", "candidate_index", "judgements": [raw text x K],
@@ -64,7 +64,7 @@ class JudgeSettings:
     temperature: float = 0.7
     top_p: float = 0.9
     max_new_tokens: int = 256
-    batch_size: int = 64                # rows per forward pass (CPU, 2 threads: 64 judges 1.3x faster than 32)
+    batch_size: int = 64                # rows per forward pass (why 64: BENCHMARKS.md, small choices)
     chunk_size: int = 64                # candidates per resumable chunk
     seed: int = 0
 
