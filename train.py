@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-steps", type=int, help="number of optimizer steps (overrides --epochs)")
     g.add_argument("--batch-size", type=int, default=16, help="sequences (DPO: pairs) per step, all ranks together")
     g.add_argument("--micro-batch-size", type=int, default=4, help="sequences (pairs) per forward pass per rank")
+    g.add_argument("--group-by-length", type=int, default=0,
+                   help="sort rows by length within windows of this many batches, so batches pad less (0: off)")
     g.add_argument("--max-seq-len", type=int, help="longest sequence in tokens (default: the model's)")
     g.add_argument("--weight-decay", type=float, help="AdamW weight decay on matrices (pretrain 0.1, else 0)")
     g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: no clipping)")

@@ -79,14 +79,14 @@ SETTINGS = {
                   prompt_temperature=0.6, response_temperature=0.7, judge_temperature=0.7, top_p=0.9,
                   max_new_tokens=512, judge_max_new_tokens=256, prompt_max_new_tokens=128,
                   sft_lr=5.5e-6, sft_min_lr=1.1e-6, sft_epochs=1.0, sft_batch_size=16, sft_dropout=0.1,
-                  dpo_lr=1e-6, dpo_min_lr=1e-7, dpo_epochs=1.0, dpo_batch_size=16, beta=0.1,
+                  sft_group_by_length=0, dpo_lr=1e-6, dpo_min_lr=1e-7, dpo_epochs=1.0, dpo_batch_size=16, beta=0.1,
                   dpo_nll_alpha=0.0, min_margin=0.0,
                   eval_max_new_tokens=512, prompt_model="current", similarity_threshold=0.7, eval_own_samples=0),
     "tiny": dict(num_prompts=384, n_candidates=4, n_judgements=1, judge_template="compact",
                  prompt_temperature=0.6, response_temperature=0.7, judge_temperature=0.7, top_p=0.9,
                  max_new_tokens=24, judge_max_new_tokens=224, prompt_max_new_tokens=48,
                  sft_lr=1e-3, sft_min_lr=1e-4, sft_epochs=2.0, sft_batch_size=16, sft_dropout=0.1,
-                 dpo_lr=3e-5, dpo_min_lr=3e-6, dpo_epochs=1.0, dpo_batch_size=16, beta=0.1,
+                 sft_group_by_length=8, dpo_lr=3e-5, dpo_min_lr=3e-6, dpo_epochs=1.0, dpo_batch_size=16, beta=0.1,
                  dpo_nll_alpha=0.0, min_margin=0.0,
                  eval_max_new_tokens=24, prompt_model="base", similarity_threshold=0.9, eval_own_samples=4),
 }
@@ -108,6 +108,7 @@ HELP = {
     "sft_epochs": "SFT epochs over IFT + EFT",
     "sft_batch_size": "SFT sequences per optimizer step",
     "sft_dropout": "SFT dropout",
+    "sft_group_by_length": "SFT: sort rows by length within windows of this many batches, to pad less (0: off)",
     "dpo_lr": "DPO peak learning rate",
     "dpo_min_lr": "DPO learning rate at the last step",
     "dpo_epochs": "DPO epochs over an iteration's pairs",
@@ -283,7 +284,8 @@ def run(a) -> dict:
         unload()  # training needs the memory a model held for sampling would take
         train(TrainConfig(stage="sft", init=str(a.base_model), data=[str(a.ift), *map(str, a.eft)], out=str(m1),
                           tokenizer=a.tokenizer, chat=a.chat, lr=s["sft_lr"], min_lr=s["sft_min_lr"], epochs=s["sft_epochs"],
-                          batch_size=s["sft_batch_size"], dropout=s["sft_dropout"], device=a.device, seed=a.seed))
+                          batch_size=s["sft_batch_size"], dropout=s["sft_dropout"],
+                          group_by_length=s["sft_group_by_length"], device=a.device, seed=a.seed))
 
     step("SFT (M0 -> M1)", m1 / "metrics.jsonl", sft)
     models = [("m1", m1)]

@@ -69,7 +69,7 @@ def save_training_state(ckpt_dir: Path, wrapped: LogprobModel, optimizer, step: 
 
 # Settings that change what a run computes: a resumed run must use the ones it was started with.
 RESUME_KEYS = ("stage", "data", "init", "model_config", "chat", "lr", "min_lr", "warmup_steps", "epochs", "max_steps",
-               "batch_size", "max_seq_len", "beta", "label_smoothing", "loss", "nll_alpha", "dropout", "weight_decay",
+               "batch_size", "group_by_length", "max_seq_len", "beta", "label_smoothing", "loss", "nll_alpha", "dropout", "weight_decay",
                "grad_clip", "seed")
 
 

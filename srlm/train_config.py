@@ -42,6 +42,7 @@ class TrainConfig:
     max_steps: Optional[int] = None  # overrides epochs
     batch_size: int = 16  # sequences (DPO: pairs) per optimizer step, over all ranks
     micro_batch_size: int = 4  # sequences (pairs) per forward pass on one rank
+    group_by_length: int = 0  # sort rows by length within windows of this many batches, to pad less (0: off; srlm/data.py)
     max_seq_len: Optional[int] = None  # None: the model's max_seq_len
     beta: float = 0.1
     label_smoothing: float = 0.0
@@ -80,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"--nll-alpha must be >= 0, got {self.nll_alpha}")
         if self.batch_size < 1 or self.micro_batch_size < 1:
             raise ValueError("--batch-size and --micro-batch-size must be positive")
+        if self.group_by_length < 0:
+            raise ValueError(f"--group-by-length must be >= 0, got {self.group_by_length}")
         if self.save_every < 1 or not self.save_every_minutes >= 0:
             raise ValueError("--save-every must be >= 1 and --save-every-minutes >= 0")
         for name in (self.dtype, self.save_dtype):  # bf16 needs no loss scaling; fp16 would

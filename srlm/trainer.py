@@ -272,6 +272,7 @@ def train(cfg: TrainConfig) -> dict:
     rank, world, device = sdist.init_distributed(cfg.device)
     run = setup(cfg, work, rank, world, device)
     model, optimizer, examples, pad_id = run.model, run.optimizer, run.examples, run.tokenizer.pad_id
+    lengths = [len(e.get("tokens") or max(e["chosen_tokens"], e["rejected_tokens"], key=len)) for e in examples]
 
     model.train()
     bar = tqdm(total=run.total, initial=run.start, desc=cfg.stage, disable=not (cfg.progress and sdist.is_main()))
@@ -283,7 +284,7 @@ def train(cfg: TrainConfig) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
         # data: this step's examples, the same on every rank and in every rerun
-        global_idx = batch_indices(step, cfg.batch_size, len(examples), cfg.seed)
+        global_idx = batch_indices(step, cfg.batch_size, len(examples), cfg.seed, lengths, cfg.group_by_length)
         # forward, loss, backward: this rank's share, in micro-batches
         sums = step_losses(model, cfg, examples, global_idx, rank, world, pad_id, device, run.autocast)
         metrics = all_reduce_sum(sums)

@@ -153,3 +153,23 @@ def test_batch_order_is_deterministic_and_covers_each_epoch():
     assert batch_indices(2, B, n, seed) == stream[8:12]  # a step straddling the epoch boundary
     assert batch_indices(0, B, n, seed + 1) != batch_indices(0, B, n, seed)
     assert torch.equal(torch.tensor(batch_indices(1, B, n, seed)), torch.tensor(stream[4:8]))
+
+
+def test_group_by_length_sorts_each_window_of_the_epoch_permutation():
+    n, B, seed = 10, 2, 3
+    lengths = [5, 50, 7, 70, 1, 10, 3, 30, 9, 90]
+    perm = epoch_order(n, seed, 0)
+    assert perm == [3, 6, 8, 9, 4, 5, 1, 7, 0, 2]
+    # windows of G * B = 4 positions, each sorted longest first; the last window holds the 2 left over
+    expected = [9, 3, 8, 6, 1, 7, 5, 4, 2, 0]  # lengths 90 70 9 3 | 50 30 10 1 | 7 5
+    assert epoch_order(n, seed, 0, lengths, window=4) == expected
+    stream = [i for step in range(10) for i in batch_indices(step, B, n, seed, lengths, group_by_length=2)]
+    assert stream[:10] == expected and stream[10:] == epoch_order(n, seed, 1, lengths, window=4)
+    assert sorted(stream[:10]) == list(range(10))  # still every row once an epoch
+    # a window of one batch (or 0) changes nothing
+    assert batch_indices(1, B, n, seed, lengths, group_by_length=0) == batch_indices(1, B, n, seed)
+    # the point of it: tokens after padding each batch to its longest row, 2 * (70 + 90 + 10 + 50 + 7)
+    # for the plain order against 2 * (90 + 9 + 50 + 10 + 7) grouped
+    def padded(order):
+        return sum(B * max(lengths[i] for i in order[k:k + B]) for k in range(0, n, B))
+    assert (padded(perm), padded(expected)) == (454, 332)
