@@ -82,7 +82,7 @@ SETTINGS = {
                   sft_group_by_length=0, dpo_lr=1e-6, dpo_min_lr=1e-7, dpo_epochs=1.0, dpo_batch_size=16, beta=0.1,
                   dpo_nll_alpha=0.0, min_margin=0.0,
                   eval_max_new_tokens=512, prompt_model="current", similarity_threshold=0.7, eval_own_samples=0),
-    "tiny": dict(num_prompts=384, n_candidates=4, n_judgements=1, judge_template="compact",
+    "tiny": dict(num_prompts=768, n_candidates=4, n_judgements=1, judge_template="compact",
                  prompt_temperature=0.6, response_temperature=0.7, judge_temperature=0.7, top_p=0.9,
                  max_new_tokens=24, judge_max_new_tokens=224, prompt_max_new_tokens=48,
                  sft_lr=1e-3, sft_min_lr=1e-4, sft_epochs=2.0, sft_batch_size=16, sft_dropout=0.1,
