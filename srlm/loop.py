@@ -71,9 +71,10 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 # unit: up to about 215 tokens (sorting five numbers), hence 224. This 1M-parameter model learns
 # from pairs only in bulk: DPO on 45-80 pairs an iteration moves its answers by about a point,
 # whatever the lr, while hundreds at a lower lr move them by several (README, "What was tried").
-# So the tiny setting asks 4x the prompts and samples one judgement per answer (K = 1, the paper
-# has 3): the same judging time (a quarter of the answers are copies, judged once) for about 3.5x
-# the pairs, with DPO at 3e-5 (at 5e-5 the answers gained less on the two seeds tried).
+# So the tiny setting asks 768 prompts an iteration and samples one judgement per answer (K = 1,
+# the paper has 3; a quarter of the answers are copies, judged once), with DPO at 3e-5 (at 5e-5
+# the answers gained less on the two seeds tried). Its SFT batches are grouped by length: the
+# 30-token instructions and 190-token judgements would otherwise pad each other.
 SETTINGS = {
     "paper": dict(num_prompts=1000, n_candidates=4, n_judgements=3, judge_template="default",
                   prompt_temperature=0.6, response_temperature=0.7, judge_temperature=0.7, top_p=0.9,
