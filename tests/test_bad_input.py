@@ -377,6 +377,8 @@ def test_train_model_config_and_tokenizer_problems_are_one_line(tmp_path, capsys
         assert message in line, line
     line = fails(capsys, train.main, "train.py", argv("--tokenizer", tmp_path / "missing.model"))
     assert "missing.model: tokenizer file not found" in line
+    line = fails(capsys, train.main, "train.py", argv("--tokenizer", DATA / "tokenizer.model", "--group-by-length", "-1"))
+    assert line == "train.py: error: --group-by-length must be >= 0, got -1", line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "text.jsonl"]  # no out/, no out.train/
 
 

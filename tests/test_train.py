@@ -80,18 +80,21 @@ def test_sft_writes_checkpoint_and_rerun_is_noop(setup):
     assert again == summary and (out / "model.safetensors").stat().st_mtime_ns == before
 
 
-def test_resume_equals_uninterrupted_run(setup):
-    """Dropout on, so the RNG state must be restored too: 4 steps straight == 2 steps, stop, resume."""
-    full, split = setup / "full", setup / "split"
-    args = ["--max-steps", "4", "--dropout", "0.1", "--seed", "7"]
+@pytest.mark.parametrize("group", ["0", "2"])
+def test_resume_equals_uninterrupted_run(setup, group):
+    """Dropout on, so the RNG state must be restored too: 4 steps straight == 2 steps, stop, resume
+    (and with batches grouped by length, whose order must come back the same)."""
+    full, split = setup / f"full{group}", setup / f"split{group}"
+    args = ["--max-steps", "4", "--dropout", "0.1", "--seed", "7", "--group-by-length", group]
     train.main(common(setup, "sft", full, *args))
     stopped = train.main(common(setup, "sft", split, *args, "--stop-after-steps", "2"))
     assert stopped["stopped"] and not (split / "config.json").exists()
-    assert (setup / "split.train" / "checkpoint" / "trainer.pt").is_file()
-    state = torch.load(setup / "split.train" / "checkpoint" / "trainer.pt", weights_only=True)
+    assert (setup / f"split{group}.train" / "checkpoint" / "trainer.pt").is_file()
+    state = torch.load(setup / f"split{group}.train" / "checkpoint" / "trainer.pt", weights_only=True)
     assert state["step"] == 2
     with pytest.raises(TrainingError, match=r"other settings \(seed: saved 7, now 8\).*--no-resume"):
-        train.main(common(setup, "sft", split, "--max-steps", "4", "--dropout", "0.1", "--seed", "8"))
+        train.main(common(setup, "sft", split, "--max-steps", "4", "--dropout", "0.1", "--seed", "8",
+                          "--group-by-length", group))
     train.main(common(setup, "sft", split, *args))
     assert_same_weights(full, split)
     losses = lambda d: [r["loss"] for r in read_jsonl(d / "metrics.jsonl") if not r.get("summary")]
