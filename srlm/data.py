@@ -145,6 +145,11 @@ def collate_pairs(examples: list[dict], pad_id: int) -> tuple[torch.Tensor, torc
     return collate(seqs, masks, pad_id)  # (2B, T)
 
 
+def example_length(e: dict) -> int:
+    """Tokens a batch must hold for one example: its sequence, or a DPO pair's longer answer."""
+    return len(e["tokens"]) if "tokens" in e else max(len(e["chosen_tokens"]), len(e["rejected_tokens"]))
+
+
 def epoch_order(n: int, seed: int, epoch: int, lengths: Sequence[int] | None = None, window: int = 0) -> list[int]:
     """The order of n rows used in `epoch` (same on every rank and every run): a permutation, and
     with a window and the rows' lengths, each run of `window` positions sorted longest first."""

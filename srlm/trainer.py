@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from srlm import dist as sdist
 from srlm.checkpoint import save_hf
-from srlm.data import TruncationStats, batch_indices, collate, load_rows, tokenize
+from srlm.data import TruncationStats, batch_indices, collate, example_length, load_rows, tokenize
 from srlm.dpo import dpo_loss
 from srlm.fsdp import build_model, build_sharded_model, enable_activation_checkpointing, full_model_state, set_grad_sync
 from srlm.io import DataError, append_jsonl, input_hash, read_jsonl_partial, write_jsonl
@@ -272,7 +272,7 @@ def train(cfg: TrainConfig) -> dict:
     rank, world, device = sdist.init_distributed(cfg.device)
     run = setup(cfg, work, rank, world, device)
     model, optimizer, examples, pad_id = run.model, run.optimizer, run.examples, run.tokenizer.pad_id
-    lengths = [len(e.get("tokens") or max(e["chosen_tokens"], e["rejected_tokens"], key=len)) for e in examples]
+    lengths = [example_length(e) for e in examples] if cfg.group_by_length else None  # for srlm/data.py's order
 
     model.train()
     bar = tqdm(total=run.total, initial=run.start, desc=cfg.stage, disable=not (cfg.progress and sdist.is_main()))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import small_tokenizer
-from srlm.data import (TruncationStats, batch_indices, collate, collate_pairs, epoch_order, fit_to_length,
+from srlm.data import (TruncationStats, batch_indices, collate, collate_pairs, epoch_order, example_length, fit_to_length,
                        load_rows, text_windows, tokenize)
 from srlm.io import DataError
 
@@ -166,10 +166,13 @@ def test_group_by_length_sorts_each_window_of_the_epoch_permutation():
     stream = [i for step in range(10) for i in batch_indices(step, B, n, seed, lengths, group_by_length=2)]
     assert stream[:10] == expected and stream[10:] == epoch_order(n, seed, 1, lengths, window=4)
     assert sorted(stream[:10]) == list(range(10))  # still every row once an epoch
-    # a window of one batch (or 0) changes nothing
+    # group_by_length 0: the plain order, whatever the lengths
     assert batch_indices(1, B, n, seed, lengths, group_by_length=0) == batch_indices(1, B, n, seed)
     # the point of it: tokens after padding each batch to its longest row, 2 * (70 + 90 + 10 + 50 + 7)
     # for the plain order against 2 * (90 + 9 + 50 + 10 + 7) grouped
     def padded(order):
         return sum(B * max(lengths[i] for i in order[k:k + B]) for k in range(0, n, B))
     assert (padded(perm), padded(expected)) == (454, 332)
+    # a DPO pair counts its longer answer (both are padded to it), a sequence its own tokens
+    assert example_length({"chosen_tokens": [1, 2, 3], "rejected_tokens": [1, 2, 3, 4, 5]}) == 5
+    assert example_length({"tokens": [1, 2]}) == 2
