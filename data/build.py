@@ -13,6 +13,11 @@ grader), drawn from one seeded random.Random, so the same --seed rebuilds the sa
     seed_prompts.jsonl   the IFT prompts as a prompts.jsonl {"id", "prompt", "source": "seed"}:
                          the pool that self-instruction draws its few-shot examples from
     eval_prompts.jsonl   held-out prompts {"id", "prompt", "family"}
+    ift_worked.jsonl, eft_worked.jsonl  the worked world (an experiment, `--ift data/ift_worked.jsonl
+                         --eft data/eft.jsonl data/eft_checks.jsonl data/eft_worked.jsonl`): the same
+                         IFT questions answered with the judge's worked solution (`working`), and
+                         judge data on worked replies: per question the right working and two
+                         slipped ones (`slipped_working`), so answers carry the judge's own skill
     eval_prompts_more.jsonl  700 more held-out prompts, same form, from the seven families whose
                          questions are not all used already (MORE_FAMILIES): a finer measure of
                          instruction following than eval_prompts.jsonl's 20 per family
@@ -50,13 +55,14 @@ from srlm.judge import COMPACT_TEMPLATE, judge_prompt
 from srlm.self_instruct import build_few_shot_prompt
 from srlm.world import (FAMILY_NAMES, LETTERS, WORDS, WRONG, Task, comparison, crossed_replies, grade,
                         judgement_text, near_miss, reply_answer, response_of_quality, sample_task,
-                        working)
+                        slipped_working, working)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 DATA_DIR = Path(__file__).resolve().parent
 TEXT_FILES = ("ift.jsonl", "eft.jsonl", "eft_checks.jsonl", "seed_prompts.jsonl", "eval_prompts.jsonl",
-              "eval_groups.jsonl", "eval_tellfree.jsonl", "pretrain.jsonl", "eval_prompts_more.jsonl")
+              "eval_groups.jsonl", "eval_tellfree.jsonl", "pretrain.jsonl", "eval_prompts_more.jsonl",
+              "ift_worked.jsonl", "eft_worked.jsonl")
 # The families with questions to spare for eval_prompts_more.jsonl: every times-table question (121)
 # and every word's reverse, uppercase and length question (144 words) is already asked somewhere in
 # the seed data, the corpus or the held-out sets; of the other seven, at most half are.
@@ -181,6 +187,19 @@ def eft_check_rows(tasks: list[Task], rng: random.Random) -> list[dict]:
     return rows
 
 
+def eft_worked_rows(tasks: list[Task], rng: random.Random) -> list[dict]:
+    """Judge data for the worked world: per task the right worked reply (grade 5) and two slipped
+    ones (`slipped_working`: the question misread in one place, grade 2). The judgement works the
+    question out itself, as always, so a reply's wrong steps are not copied into it."""
+    rows = []
+    for task in tasks:
+        for response in (working(task), slipped_working(task, rng), slipped_working(task, rng)):
+            rows.append({"prompt": judge_prompt(task.prompt, response, template=COMPACT_TEMPLATE),
+                         "response": judgement_text(task, response, grade(task, response))})
+    rng.shuffle(rows)
+    return rows
+
+
 def seed_prompt_rows(tasks: list[Task]) -> list[dict]:
     return [{"id": f"seed-{i:04d}", "prompt": t.prompt, "source": "seed"} for i, t in enumerate(tasks)]
 
@@ -281,7 +300,7 @@ def pretrain_rows(rng: random.Random, taken: set, n_sheets: int, n_notes: int, n
 def build_text(seed: int = 0, n_eval: int = 220, n_groups: int = 55, n_ift: int = 495,
                n_eft_tasks: int = 396, n_sheets: int = 1500, n_notes: int = 1000,
                n_lists: int = 400, n_worked: int = 1500, n_drills: int = 1500,
-               n_check_tasks: int = 400, n_more: int = 700) -> dict[str, list[dict]]:
+               n_check_tasks: int = 400, n_more: int = 700, n_worked_tasks: int = 300) -> dict[str, list[dict]]:
     """All JSONL files of the world as {file name: rows}; the same arguments give the same rows.
 
     Held-out sets are drawn first and their questions reserved; IFT and EFT questions are
@@ -311,8 +330,14 @@ def build_text(seed: int = 0, n_eval: int = 220, n_groups: int = 55, n_ift: int 
     }
     # Last, from a fifth generator (no other file changes; the tokenizer does not read it): more
     # held-out questions, none asked anywhere above, so none was ever trained on.
-    files["eval_prompts_more.jsonl"] = eval_prompt_rows(
-        draw_tasks(random.Random(seed + 4), n_more, set(seen), families=MORE_FAMILIES), prefix="more")
+    more_tasks = draw_tasks(random.Random(seed + 4), n_more, set(seen), families=MORE_FAMILIES)
+    files["eval_prompts_more.jsonl"] = eval_prompt_rows(more_tasks, prefix="more")
+    # The worked world, last (no other file changes; the tokenizer does not read these): the IFT
+    # questions answered with their worked solution, and judge data on worked replies from a sixth
+    # generator, on questions none of the held-out sets asks.
+    files["ift_worked.jsonl"] = [{"prompt": t.prompt, "response": working(t)} for t in ift_tasks]
+    files["eft_worked.jsonl"] = eft_worked_rows(draw_tasks(random.Random(seed + 5), n_worked_tasks,
+                                                           held_out | {t.key for t in more_tasks}, seen=seen), random.Random(seed + 6))
     return files
 
 

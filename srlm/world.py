@@ -323,9 +323,32 @@ def _echoes(task: Task) -> set[str]:
     return set()
 
 
+WORKED_END = "That gives "
+
+
+def conclusion(response: str) -> str | None:
+    """A worked reply's conclusion: the text after its last "That gives " (the worked solution's
+    last step states the answer), or None when the reply is not worked.
+
+    >>> conclusion("Counting: t (1), a (2), b (3). That gives 3.")
+    '3.'
+    """
+    if not isinstance(response, str) or WORKED_END not in response:
+        return None
+    return response.rsplit(WORKED_END, 1)[1]
+
+
 def criteria(task: Task, response: str) -> tuple[bool, bool, bool, bool, bool]:
-    """The five rubric criteria, each tested on its own (see the module docstring)."""
+    """The five rubric criteria, each tested on its own (see the module docstring). A worked reply
+    (steps, then "That gives X.") is graded on its conclusion, so its steps' numbers are not
+    offered answers, and it is exact when it is the worked solution `working(task)` itself."""
     text = response if isinstance(response, str) else ""
+    worked = conclusion(text)
+    if worked is not None:
+        on_topic, right_kind, correct, direct, _ = criteria(task, worked)
+        hedged = any(h in set(_TOKEN_RE.findall(text.lower())) for h in HEDGES)
+        on_topic = on_topic or bool(set(_TOKEN_RE.findall(text.lower())) & set(FAMILIES[task.family].keywords))
+        return (on_topic, right_kind, correct, direct and not hedged, text.strip() == working(task))
     cands = candidates(task, text)
     answer = _normalised_answer(task)
     echoes = _echoes(task)
@@ -355,14 +378,16 @@ def grade(task: Task, response: str) -> int:
 
 
 def is_exact(task: Task, response: str) -> bool:
-    """Exact-answer accuracy: the stripped response is the canonical answer."""
-    return isinstance(response, str) and response.strip() == task.answer
+    """Exact-answer accuracy: the stripped response is the canonical answer, or the canonical
+    worked solution (`working(task)`, for the worked world)."""
+    return isinstance(response, str) and response.strip() in (task.answer, working(task))
 
 
 def answer_correct(task: Task, response: str) -> bool:
     """The reply's answer is right, in any style: the last answer it offers is the correct one
     ("68", "The answer is 68.", "I think it is 68." and "Maybe 7, or 68." all count; "68 or 7" not)."""
-    cands = candidates(task, response if isinstance(response, str) else "")
+    worked = conclusion(response)
+    cands = candidates(task, worked if worked is not None else response if isinstance(response, str) else "")
     return bool(cands) and cands[-1] == _normalised_answer(task)
 
 
@@ -469,7 +494,8 @@ def working(task: Task) -> str:
 def reply_answer(task: Task, response: str) -> str | None:
     """The answer a judge reads off a reply: the correct one if it is offered at all, else the last
     answer offered that is not an echo of the question, else None (no answer of the right kind)."""
-    cands = candidates(task, response if isinstance(response, str) else "")
+    worked = conclusion(response)
+    cands = candidates(task, worked if worked is not None else response if isinstance(response, str) else "")
     answer = _normalised_answer(task)
     if answer in cands:
         return answer
@@ -651,6 +677,60 @@ def near_miss(task: Task, rng: random.Random) -> str:
                 slips.append("".join(letters[:i] + [c] + letters[i + 1:]))
     slips = sorted({s for s in slips if s != ans and s not in echoes})  # sorted: no set order decides
     return rng.choice(slips) if slips else wrong_answer(task, rng)
+
+
+def slipped_working(task: Task, rng: random.Random) -> str:
+    """A worked reply with one slip, as a small model's own wrong working is: the worked solution
+    of the question misread in one place (a digit of a number one off, a letter of the word
+    dropped, doubled or two swapped, a list item changed, dropped or doubled), so every step after
+    the slip follows from it and the conclusion is wrong (grade 2). The worked world's judge data pairs
+    these with the right working, so the judge learns to work the question out itself instead of
+    trusting the reply's steps.
+
+    >>> slipped_working(make_task("length", ("table",)), random.Random(0)) != working(make_task("length", ("table",)))
+    True
+    """
+    f, args = task.family, task.args
+    for _ in range(100):
+        if f in ("add", "sub", "mul"):
+            i = rng.randrange(2)
+            digits = list(str(args[i]))
+            j = rng.randrange(len(digits))
+            digits[j] = str((int(digits[j]) + rng.choice((-1, 1))) % 10)
+            if len(digits) > 1 and digits[0] == "0":
+                continue
+            new = list(args)
+            new[i] = int("".join(digits))
+            slipped = tuple(new)
+        elif f == "count_letter":  # one letter misread: as the counted letter, or it as another
+            c, w = args[0], list(args[1])
+            j = rng.randrange(len(w))
+            w[j] = rng.choice([x for x in LETTERS if x != c]) if w[j] == c else c
+            slipped = (c, "".join(w))
+        elif f in ("reverse", "upper", "length"):  # a reversed word must stay an anagram: swap only
+            w = list(args[0])
+            j, how = rng.randrange(len(w)), "swap" if f == "reverse" else rng.choice(("drop", "double", "swap"))
+            if how == "drop":
+                del w[j]
+            elif how == "double":
+                w.insert(j, w[j])
+            elif j + 1 < len(w):
+                w[j], w[j + 1] = w[j + 1], w[j]
+            slipped = ("".join(w),)
+        else:
+            xs = list(args[0])
+            j, how = rng.randrange(len(xs)), rng.choice(("change", "drop", "double"))
+            if how == "change":
+                xs[j] = max(0, xs[j] + rng.choice((-10, -1, 1, 10)))
+            elif how == "drop" and len(xs) > 1:
+                del xs[j]
+            else:
+                xs.insert(j, xs[j])
+            slipped = (tuple(xs),)
+        other = Task(f, task.prompt, FAMILIES[f].solve(slipped), slipped)
+        if slipped[-1] and grade(task, working(other)) == 2:  # a wrong answer of the right kind
+            return working(other)
+    raise ValueError(f"could not make a slipped working for {task}")
 
 
 def _fill_response(template: str, task: Task, wrong: str, direct: str = "") -> str:
