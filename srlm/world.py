@@ -344,11 +344,14 @@ def criteria(task: Task, response: str) -> tuple[bool, bool, bool, bool, bool]:
     offered answers, and it is exact when it is the worked solution `working(task)` itself."""
     text = response if isinstance(response, str) else ""
     worked = conclusion(text)
-    if worked is not None:
-        on_topic, right_kind, correct, direct, _ = criteria(task, worked)
-        hedged = any(h in set(_TOKEN_RE.findall(text.lower())) for h in HEDGES)
-        on_topic = on_topic or bool(set(_TOKEN_RE.findall(text.lower())) & set(FAMILIES[task.family].keywords))
-        return (on_topic, right_kind, correct, direct and not hedged, text.strip() == working(task))
+    if worked is None:
+        return _plain_criteria(task, text)
+    _, right_kind, correct, direct, _ = _plain_criteria(task, worked)
+    hedged = any(h in _TOKEN_RE.findall(text.lower()) for h in HEDGES)
+    return (_plain_criteria(task, text)[0], right_kind, correct, direct and not hedged, text.strip() == working(task))
+
+
+def _plain_criteria(task: Task, text: str) -> tuple[bool, bool, bool, bool, bool]:
     cands = candidates(task, text)
     answer = _normalised_answer(task)
     echoes = _echoes(task)
@@ -683,7 +686,7 @@ def slipped_working(task: Task, rng: random.Random) -> str:
     """A worked reply with one slip, as a small model's own wrong working is: the worked solution
     of the question misread in one place (a digit of a number one off, a letter of the word
     dropped, doubled or two swapped, a list item changed, dropped or doubled), so every step after
-    the slip follows from it and the conclusion is wrong (grade 2). The worked world's judge data pairs
+    the slip follows from it and the conclusion is wrong (grade 2 where a slip allows). The worked world's judge data pairs
     these with the right working, so the judge learns to work the question out itself instead of
     trusting the reply's steps.
 
@@ -691,7 +694,7 @@ def slipped_working(task: Task, rng: random.Random) -> str:
     True
     """
     f, args = task.family, task.args
-    for _ in range(100):
+    for attempt in range(200):
         if f in ("add", "sub", "mul"):
             i = rng.randrange(2)
             digits = list(str(args[i]))
@@ -728,7 +731,9 @@ def slipped_working(task: Task, rng: random.Random) -> str:
                 xs.insert(j, xs[j])
             slipped = (tuple(xs),)
         other = Task(f, task.prompt, FAMILIES[f].solve(slipped), slipped)
-        if slipped[-1] and grade(task, working(other)) == 2:  # a wrong answer of the right kind
+        # a wrong answer of the right kind; failing that (count_items of [8, 7, 9]: every slip's
+        # count is one of the numbers, an echo, grade 1), any wrong answer
+        if slipped[-1] and (grade(task, working(other)) == 2 or attempt >= 100 and other.answer != task.answer):
             return working(other)
     raise ValueError(f"could not make a slipped working for {task}")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from srlm.world import (FAMILIES, FAMILY_NAMES, STYLES, WORDS, answer_correct, candidates, comparison, criteria,
-                        crossed_replies, grade, grade_prompt, is_exact, judgement_text, make_task, near_miss, parse_task,
+                        conclusion, crossed_replies, grade, grade_prompt, is_exact, judgement_text, make_task, near_miss, parse_task, slipped_working,
                         reply_answer, working, WRONG,
                         response_of_quality, responses_of_each_quality, sample_task)
 
@@ -624,3 +624,84 @@ def test_eft_checks_file():
         scores[s] += 1
     assert far < 20                                        # of 800 near misses
     assert len(rows) == 1200 and scores[2] == 800 and scores[4] + scores[5] == 400
+
+
+# ----------------------------------------------------------------------------- the worked world
+
+@pytest.mark.parametrize("response, score, right", [
+    # 34 + 19 = 53, worked in columns: exactly working(task) -> 5
+    ("Ones 4 + 9 = 13, carry 1; tens 3 + 1 + 1 = 5. That gives 53.", 5, True),
+    # a slip in a step, the conclusion still right -> 4 (direct, not the worked solution itself)
+    ("Ones 4 + 9 = 12, carry 1; tens 3 + 1 + 1 = 5. That gives 53.", 4, True),
+    # the steps' numbers (13, 5) are not offered answers: only the conclusion is read
+    ("Ones 4 + 9 = 13, carry 1; tens 3 + 1 = 4. That gives 43.", 2, False),
+    # hedged conclusion -> 3; two competing answers in the conclusion -> 3, the last one counts
+    ("Ones 4 + 9 = 13, carry 1; tens 3 + 1 + 1 = 5. That gives maybe 53.", 3, True),
+    ("Ones 4 + 9 = 13, carry 1; tens 3 + 1 + 1 = 5. That gives 43 or 53.", 3, True),
+    # a conclusion with no number -> 1 (on topic: "ones", "tens" are numbers of the question's kind)
+    ("Ones 4 + 9 = 13, carry 1. That gives nothing.", 1, False),
+])
+def test_worked_reply_graded_on_its_conclusion(response, score, right):
+    task = make_task("add", (34, 19))
+    assert grade(task, response) == score
+    assert answer_correct(task, response) is right
+    assert is_exact(task, response) is (score == 5)
+
+
+def test_worked_reply_answer_is_the_conclusion():
+    # "cat" has 3 letters; the reply counts 3 as "(3)" in its steps, but concludes 4
+    task = make_task("length", ("cat",))
+    reply = "Counting: c (1), a (2), a (3), t (4). That gives 4."
+    assert conclusion(reply) == "4."
+    assert reply_answer(task, reply) == "4" and not answer_correct(task, reply) and grade(task, reply) == 2
+    assert conclusion("4") is None and reply_answer(task, "The answer is 3.") == "3"
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_slipped_working_is_a_worked_reply_graded_wrong(family):
+    rng = random.Random(3)
+    ones = 0
+    for _ in range(100):
+        task = sample_task(rng, family)
+        reply = slipped_working(task, rng)
+        assert reply != working(task) and conclusion(reply) is not None
+        assert grade(task, reply) in (1, 2) and not answer_correct(task, reply)
+        ones += grade(task, reply) == 1                   # every slip an echo of the question
+        assert grade(task, working(task)) == 5 and is_exact(task, working(task))
+    assert ones <= 3
+
+
+def test_slipped_working_hand_written():
+    rng = random.Random(0)
+    # length of "cat": a letter dropped (2) or doubled (4); a swap keeps 3 letters and is no slip
+    task = make_task("length", ("cat",))
+    got = {slipped_working(task, rng) for _ in range(300)}
+    assert got == {"Counting: a (1), t (2). That gives 2.", "Counting: c (1), t (2). That gives 2.",
+                   "Counting: c (1), a (2). That gives 2.", "Counting: c (1), c (2), a (3), t (4). That gives 4.",
+                   "Counting: c (1), a (2), a (3), t (4). That gives 4.",
+                   "Counting: c (1), a (2), t (3), t (4). That gives 4."}
+    # 3 * 4 read as 2 * 4 or 4 * 4 (one digit one off); 3 * 5 and 3 * 3 too
+    task = make_task("mul", (3, 4))
+    got = {conclusion(slipped_working(task, rng)) for _ in range(300)}
+    assert got == {"8.", "16.", "15.", "9."}
+
+
+def test_worked_world_files():
+    """ift_worked.jsonl: the IFT questions, each answered with its worked solution. eft_worked.jsonl:
+    per question the right working (5) and two slipped ones (2), judged as the grader scores them;
+    no held-out question (eval_prompts_more.jsonl's included)."""
+    ift, worked = _rows("ift.jsonl"), _rows("ift_worked.jsonl")
+    assert [r["prompt"] for r in worked] == [r["prompt"] for r in ift]
+    assert all(r["response"] == working(parse_task(r["prompt"])) for r in worked)
+    held_out = {parse_task(r["prompt"]).key for name in ("eval_prompts.jsonl", "eval_groups.jsonl",
+                                                         "eval_prompts_more.jsonl") for r in _rows(name)}
+    scores = Counter()
+    for r in _rows("eft_worked.jsonl"):
+        m = re.search(r"\nQuestion: (.*)\nAnswer: (.*?)\nGive one short reason", r["prompt"], re.DOTALL)
+        task, reply = parse_task(m.group(1)), m.group(2)
+        assert task.key not in held_out
+        s = int(r["response"].rsplit("Score: ", 1)[1])
+        assert grade(task, reply) == s and r["response"] == judgement_text(task, reply, s)
+        assert (s == 5) == (reply == working(task)) and s in (1, 2, 5)
+        scores[s] += 1
+    assert scores[5] == 300 and scores[2] >= 590
