@@ -66,6 +66,8 @@ def parse_args(argv):
     ap.add_argument("--min-margin", type=float, default=0.0,
                     help="smallest chosen - rejected score gap that makes a pair (0: any preference)")
     ap.add_argument("--template", default="default", help="'default', 'compact' or a template file")
+    ap.add_argument("--reply-after", default="", help="show the judge only the text after the last such marker "
+                                                      "of a candidate, e.g. 'That gives ' (default: all of it)")
     ap.add_argument("--score-pattern", default=None, help="regex with a (?P<score>...) group")
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--top-p", type=float, default=0.9)
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     s = JudgeSettings(k=a.k, min_valid=a.min_valid, min_margin=a.min_margin, template=a.template,
                       score_pattern=a.score_pattern,
                       temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens,
-                      batch_size=a.batch_size, chunk_size=a.chunk_size, seed=a.seed)
+                      batch_size=a.batch_size, chunk_size=a.chunk_size, seed=a.seed, reply_after=a.reply_after)
     s.check()                                             # bad inputs fail before the model loads
     load_groups(inp) if a.eval else load_candidates(inp)
     judgements = Path(a.judgements or inp.parent / ("eval_judgements.jsonl" if a.eval else "judgements.jsonl"))

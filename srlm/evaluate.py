@@ -103,7 +103,7 @@ def reward_modelling(model, tokenizer, eval_groups: list[dict], template: str, m
 
 def own_samples(model, tokenizer, eval_prompts: list[dict], template: str, n: int, temperature: float,
                 top_p: float, max_new_tokens: int, judge_max_new_tokens: int, batch_size: int,
-                score_pattern: str | None = None, seed: int = 0) -> tuple[dict, list[dict]]:
+                score_pattern: str | None = None, seed: int = 0, reply_after: str = "") -> tuple[dict, list[dict]]:
     """The judge on the model's own answers: n sampled answers per prompt, each judged greedily."""
     from srlm.sampling import generate
 
@@ -114,18 +114,18 @@ def own_samples(model, tokenizer, eval_prompts: list[dict], template: str, n: in
     answers = [tokenizer.decode(o) for o in outs]
     return judge_samples(model, tokenizer, [{"prompt": p, "answers": answers[i * n:(i + 1) * n]}
                                             for i, p in enumerate(prompts)],
-                         template, judge_max_new_tokens, batch_size, score_pattern)
+                         template, judge_max_new_tokens, batch_size, score_pattern, reply_after)
 
 
 def judge_samples(model, tokenizer, samples: list[dict], template: str, judge_max_new_tokens: int, batch_size: int,
-                  score_pattern: str | None = None) -> tuple[dict, list[dict]]:
+                  score_pattern: str | None = None, reply_after: str = "") -> tuple[dict, list[dict]]:
     """Judge given answers greedily: samples are {"prompt", "answers": [str]} rows, as in an
     `<name>_own_samples.jsonl`. Judging one model's samples with another model's judge separates
     a better judge from answers that are easier to judge."""
     flat = [(r["prompt"], a) for r in samples for a in r["answers"]]
     judge_fn = make_model_judge(model, tokenizer, max_new_tokens=judge_max_new_tokens, temperature=0.0,
                                 batch_size=batch_size)
-    texts = iter(judge_fn([judge_prompt(p, a, template) for p, a in flat]))
+    texts = iter(judge_fn([judge_prompt(p, a, template, reply_after) for p, a in flat]))
     rows, groups = [], []
     for r in samples:
         judgements = [next(texts) for _ in r["answers"]]
@@ -187,7 +187,7 @@ def read_eval_inputs(eval_prompts_file, eval_groups_file) -> tuple[list[dict], l
 def evaluate_model(model, tokenizer, name: str, out_dir, eval_prompts_file, eval_groups_file, *, template="compact",
                    max_new_tokens: int = 48, judge_max_new_tokens: int = 48, batch_size: int = 64,
                    score_pattern: str | None = None, own_samples_n: int = 0, temperature: float = 0.7,
-                   top_p: float = 0.9, seed: int = 0, more_prompts_file=None) -> dict:
+                   top_p: float = 0.9, seed: int = 0, more_prompts_file=None, reply_after: str = "") -> dict:
     """Evaluate one model (srlm.loading.load_for_inference), results in <out_dir>/<name>.json.
 
     The result file records the input_hash of what produced it (`eval_key`: the model, the
@@ -195,7 +195,8 @@ def evaluate_model(model, tokenizer, name: str, out_dir, eval_prompts_file, eval
     evaluation runs again and replaces it. own_samples_n = 0 skips the judge-on-own-samples
     measurement (it costs n answers and n judgements per prompt). more_prompts_file: a second set
     of held-out prompts, answered and graded like the first (result "instruction_following_more";
-    the built-in world's data/eval_prompts_more.jsonl: 100 prompts per family instead of 20)."""
+    the built-in world's data/eval_prompts_more.jsonl: 100 prompts per family instead of 20).
+    reply_after: the judge of own samples sees only their final answers (srlm.judge.reply_view)."""
     eval_prompts, eval_groups = read_eval_inputs(eval_prompts_file, eval_groups_file)
     more_prompts = read_eval_prompts(more_prompts_file) if more_prompts_file else None
     template = load_template(template)
@@ -204,6 +205,8 @@ def evaluate_model(model, tokenizer, name: str, out_dir, eval_prompts_file, eval
                 "temperature": temperature, "top_p": top_p, "seed": seed}
     if more_prompts_file:  # only then, so that results without it keep their hash
         settings["more_prompts"] = file_hash(more_prompts_file)
+    if reply_after:  # likewise
+        settings["reply_after"] = reply_after
     key = eval_key(model, tokenizer, eval_prompts_file, eval_groups_file, settings)
     out_dir = Path(out_dir)
     result_file = out_dir / f"{name}.json"
@@ -224,7 +227,8 @@ def evaluate_model(model, tokenizer, name: str, out_dir, eval_prompts_file, eval
         own = None
         if own_samples_n > 0:
             own, own_rows = own_samples(model, tokenizer, eval_prompts, template, own_samples_n, temperature,
-                                        top_p, max_new_tokens, judge_max_new_tokens, batch_size, score_pattern, seed)
+                                        top_p, max_new_tokens, judge_max_new_tokens, batch_size, score_pattern, seed,
+                                        reply_after)
     write_jsonl(out_dir / f"{name}_answers.jsonl", answers)
     write_jsonl(out_dir / f"{name}_judgements.jsonl", judgements)
     result = {"model": name, "instruction_following": ift, "reward_modelling": rm}
@@ -259,6 +263,8 @@ def main(argv=None):
     p.add_argument("--score-pattern", default=None, help="regex with a (?P<score>...) group")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--judge-max-new-tokens", type=int, help="longest judgement (default: --max-new-tokens)")
+    p.add_argument("--judge-reply-after", default="", help="the judge sees only the text after the last "
+                                                           "such marker of a reply, e.g. 'That gives '")
     p.add_argument("--own-samples", type=int, default=4, help="answers per prompt for the judge's AUC (0: skip)")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
@@ -271,7 +277,8 @@ def main(argv=None):
         template = load_template(a.judge_template)
         model, tokenizer = load_for_inference(a.model, device=a.device, chat=a.chat)
         with torch.no_grad():
-            metrics, _ = judge_samples(model, tokenizer, samples, template, judge_tokens, 64, a.score_pattern)
+            metrics, _ = judge_samples(model, tokenizer, samples, template, judge_tokens, 64, a.score_pattern,
+                                       a.judge_reply_after)
         print(json.dumps(metrics, indent=2))
         return metrics
     if not (a.name and a.out_dir):
@@ -288,7 +295,8 @@ def main(argv=None):
     result = evaluate_model(model, tokenizer, a.name, a.out_dir, a.eval_prompts, a.eval_groups,
                             template=a.judge_template, max_new_tokens=a.max_new_tokens,
                             judge_max_new_tokens=judge_tokens, score_pattern=a.score_pattern,
-                            own_samples_n=a.own_samples, more_prompts_file=a.eval_prompts_more)
+                            own_samples_n=a.own_samples, more_prompts_file=a.eval_prompts_more,
+                            reply_after=a.judge_reply_after)
     print(json.dumps(result, indent=2))
     return result
 

@@ -96,14 +96,32 @@ def load_template(name_or_path: str | None) -> str:
     return check_template(read_text(path), source=str(path))
 
 
-def judge_prompt(prompt: str, response: str, template: str | None = None) -> str:
-    """Fill the judge template with the question and the answer to be graded.
+def reply_view(response: str, after: str = "") -> str:
+    """What the judge is shown of a reply: all of it, or with `after` given and present, only its
+    final answer, the text after the last `after` without a closing full stop.
+
+    A reply that works its answer out in steps ("Ones 8 + 5 = 13, carry 1; ... That gives 153.")
+    would otherwise hand the judge those steps to copy, and a small judge copies them, wrong ones
+    included, instead of working the question out itself (the worked world: README, "What was tried").
+
+    >>> reply_view("Ones 8 + 5 = 12, carry 1; tens 7 + 8 + 1 = 15. That gives 152.", "That gives ")
+    '152'
+    """
+    if not after or after not in response:
+        return response
+    final = response.rsplit(after, 1)[1].strip()
+    return final[:-1].rstrip() if final.endswith(".") else final
+
+
+def judge_prompt(prompt: str, response: str, template: str | None = None, reply_after: str = "") -> str:
+    """Fill the judge template with the question and the answer to be graded (`reply_view`: with
+    `reply_after`, only the reply's final answer).
 
     The two slots are filled in a single pass, so a question that itself contains the text
     "{response}" (or any braces) is copied verbatim and never substituted a second time.
     """
     template = DEFAULT_TEMPLATE if template is None else check_template(template)
-    values = {"prompt": prompt.strip(), "response": response.strip()}
+    values = {"prompt": prompt.strip(), "response": reply_view(response, reply_after).strip()}
     return _SLOT.sub(lambda m: values[m.group(1)], template)
 
 

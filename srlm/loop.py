@@ -81,14 +81,14 @@ SETTINGS = {
                   max_new_tokens=512, judge_max_new_tokens=256, prompt_max_new_tokens=128,
                   sft_lr=5.5e-6, sft_min_lr=1.1e-6, sft_epochs=1.0, sft_batch_size=16, sft_dropout=0.1,
                   sft_group_by_length=0, dpo_lr=1e-6, dpo_min_lr=1e-7, dpo_epochs=1.0, dpo_batch_size=16, beta=0.1,
-                  dpo_nll_alpha=0.0, min_margin=0.0,
+                  dpo_nll_alpha=0.0, min_margin=0.0, judge_reply_after="",
                   eval_max_new_tokens=512, prompt_model="current", similarity_threshold=0.7, eval_own_samples=0),
     "tiny": dict(num_prompts=768, n_candidates=4, n_judgements=1, judge_template="compact",
                  prompt_temperature=0.6, response_temperature=0.7, judge_temperature=0.7, top_p=0.9,
                  max_new_tokens=24, judge_max_new_tokens=224, prompt_max_new_tokens=48,
                  sft_lr=1e-3, sft_min_lr=1e-4, sft_epochs=2.0, sft_batch_size=16, sft_dropout=0.1,
                  sft_group_by_length=8, dpo_lr=3e-5, dpo_min_lr=3e-6, dpo_epochs=1.0, dpo_batch_size=16, beta=0.1,
-                 dpo_nll_alpha=0.0, min_margin=0.0,
+                 dpo_nll_alpha=0.0, min_margin=0.0, judge_reply_after="",
                  eval_max_new_tokens=24, prompt_model="base", similarity_threshold=0.9, eval_own_samples=4),
 }
 
@@ -114,6 +114,7 @@ HELP = {
     "dpo_min_lr": "DPO learning rate at the last step",
     "dpo_epochs": "DPO epochs over an iteration's pairs",
     "dpo_batch_size": "DPO pairs per optimizer step",
+    "judge_reply_after": "the judge sees only the text after the last such marker of a reply (e.g. 'That gives ')",
     "min_margin": "smallest judge-score gap between chosen and rejected that makes a pair",
     "dpo_nll_alpha": "DPO + NLL: weight of the chosen answer's per-token NLL (0: plain DPO)",
     "beta": "DPO beta: how far the policy may move from the reference",
@@ -143,7 +144,7 @@ def step(name: str, output: Path, fn) -> None:
 # eval_prompts_more only adds an evaluation column; each evaluation is keyed by its own input hash.
 RESTARTABLE = ("device", "iterations", "skip_eval", "run_dir", "eval_prompts_more")
 # Settings added after earlier runs were recorded, with the value those runs used.
-ADDED = {"dpo_nll_alpha": 0.0, "min_margin": 0.0}
+ADDED = {"dpo_nll_alpha": 0.0, "min_margin": 0.0, "judge_reply_after": ""}
 
 
 def check_values(a, s: dict) -> None:
@@ -272,7 +273,8 @@ def run(a) -> dict:
                                  template=s["judge_template"], max_new_tokens=s["eval_max_new_tokens"],
                                  judge_max_new_tokens=s["judge_max_new_tokens"], score_pattern=a.score_pattern,
                                  own_samples_n=s["eval_own_samples"], temperature=s["response_temperature"],
-                                 top_p=s["top_p"], seed=a.seed, more_prompts_file=more_prompts(a))
+                                 top_p=s["top_p"], seed=a.seed, more_prompts_file=more_prompts(a),
+                                 reply_after=s["judge_reply_after"])
         dist.barrier()
         return out
 
@@ -330,7 +332,7 @@ def run(a) -> dict:
             *load(current), candidates, judgements, pairs, JudgeSettings(
                 k=s["n_judgements"], template=s["judge_template"], score_pattern=a.score_pattern,
                 temperature=s["judge_temperature"], top_p=s["top_p"], max_new_tokens=s["judge_max_new_tokens"],
-                min_margin=s["min_margin"], seed=seed), **ranks))
+                min_margin=s["min_margin"], seed=seed, reply_after=s["judge_reply_after"]), **ranks))
         n_pairs = len(read_jsonl(pairs)) if pairs.exists() else 0
         if n_pairs == 0:
             log(f"iteration {t}: no preference pairs were built; stopping the loop here")

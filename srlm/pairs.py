@@ -67,6 +67,7 @@ class JudgeSettings:
     batch_size: int = 64                # rows per forward pass (why 64: BENCHMARKS.md, small choices)
     chunk_size: int = 64                # candidates per resumable chunk
     seed: int = 0
+    reply_after: str = ""               # judge only the text after this marker (srlm.judge.reply_view)
 
     def check(self) -> str:
         """Fail on bad settings before a model is loaded; returns the template text."""
@@ -165,7 +166,7 @@ def judge_candidates(rows: list[dict], judge_fn: Callable, judgements: str | Pat
                      min_valid: int = 1, template: str | None = None, pattern: str | None = None,
                      chunk_size: int = 64, seed: int = 0, rank: int = 0, world_size: int = 1,
                      progress: bool = True, context: Optional[dict] = None,
-                     overwrite: bool = False) -> list[dict] | None:
+                     overwrite: bool = False, reply_after: str = "") -> list[dict] | None:
     """Judge every candidate k times; write judgements.jsonl. Returns its rows on rank 0.
 
     `judge_fn(judge_prompts, seed=...) -> texts` (srlm.judge.make_model_judge, or a fake in
@@ -179,6 +180,8 @@ def judge_candidates(rows: list[dict], judge_fn: Callable, judgements: str | Pat
     units = work_units(rows)
     copy_of = first_copies(units)
     context = {"k": k, "template": template, "score_pattern": pattern, "seed": seed, **(context or {})}
+    if reply_after:  # only then, so that earlier judgements keep their hash
+        context["reply_after"] = reply_after
     want = {(rid, idx): input_hash({"prompt": prompt, "candidate": cand, **context})
             for rid, idx, prompt, cand in units}
     if rank == 0:
@@ -195,7 +198,8 @@ def judge_candidates(rows: list[dict], judge_fn: Callable, judgements: str | Pat
     if progress and rank == 0 and mine:
         mine = tqdm(mine, desc=f"judging x{k}", unit="chunk")
     for c, chunk in mine:
-        prompts = [judge_prompt(prompt, cand, template) for _, _, prompt, cand in chunk for _ in range(k)]
+        prompts = [judge_prompt(prompt, cand, template, reply_after) for _, _, prompt, cand in chunk
+                   for _ in range(k)]
         texts = judge_fn(prompts, seed=seed + c)                # (len(chunk) * k,) judgement texts
         out = []
         for j, (rid, idx, _, _) in enumerate(chunk):
@@ -229,7 +233,7 @@ def _judge(model, tokenizer, rows, judgements, s: JudgeSettings, rank: int, worl
     return judge_candidates(rows, s.judge_fn(model, tokenizer), judgements, k=s.k, min_valid=s.min_valid,
                             template=s.check(), pattern=s.score_pattern, chunk_size=s.chunk_size,
                             seed=s.seed, rank=rank, world_size=world_size, context=s.context(model, tokenizer),
-                            overwrite=overwrite)
+                            overwrite=overwrite, reply_after=s.reply_after)
 
 
 def write_pairs(model, tokenizer, candidates, judgements, pairs, s: JudgeSettings, *, summary=None,
