@@ -10,7 +10,7 @@ import pytest
 from srlm.io import DataError
 from srlm.judge import (COMPACT_TEMPLATE, DEFAULT_TEMPLATE, aggregate_scores, build_pair,
                         check_template, judge_prompt, load_template, pairs_from_judgements,
-                        parse_score, score_histogram)
+                        parse_score, reply_view, score_histogram)
 
 # ----------------------------------------------------------------------------- judge prompt
 
@@ -23,6 +23,21 @@ def test_default_template_embeds_question_and_answer_once_and_asks_for_score_lin
     # the rubric's five additive criteria are all there
     assert all(f"Add {k}" in text for k in ("1 point", "a 2nd", "a 3rd", "a 4th", "a 5th"))
     assert judge_prompt("q", "a", None) == judge_prompt("q", "a", DEFAULT_TEMPLATE)
+
+
+@pytest.mark.parametrize("reply, after, shown", [
+    ("Ones 8 + 5 = 12, carry 1; tens 7 + 8 + 1 = 15. That gives 152.", "That gives ", "152"),
+    # the last marker counts; the steps before it, numbers included, are not shown
+    ("That gives 3. Counting again: a (1). That gives 1.", "That gives ", "1"),
+    ("That gives [1, 2].  ", "That gives ", "[1, 2]"),
+    ("152", "That gives ", "152"),                       # no marker: the whole reply
+    ("Steps. That gives 152.", "", "Steps. That gives 152."),   # no marker asked for
+    ("So the answer is 7.", "the answer is ", "7"),
+])
+def test_reply_view_hand_written(reply, after, shown):
+    assert reply_view(reply, after) == shown
+    prompt = judge_prompt("What is 78 + 85?", reply, COMPACT_TEMPLATE, reply_after=after)
+    assert prompt.splitlines()[2] == f"Answer: {shown}"
 
 
 def test_compact_template_fits_the_built_in_models_context():

@@ -69,6 +69,26 @@ def test_identical_answers_are_judged_once_and_never_paired(tmp_path):
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [("hello", "hi")]
 
 
+def test_judge_candidates_show_only_the_final_answer_with_reply_after(tmp_path):
+    """With reply_after the judge prompt holds only each candidate's final answer; the rows keep
+    the whole candidates, and the judgements' resume keys differ from a whole-reply judge's."""
+    seen = []
+
+    def recording_judge(prompts, seed=0):
+        seen.extend(re.search(r"Answer: (.*)", p).group(1) for p in prompts)
+        return ["Score: 5"] * len(prompts)
+
+    rows = [{"id": "q", "prompt": "What is 2 + 3?",
+             "candidates": ["Ones 2 + 3 = 5. That gives 5.", "Ones 2 + 3 = 6. That gives 6.", "5"]}]
+    judged = judge_candidates(rows, recording_judge, tmp_path / "a.jsonl", k=1, template=COMPACT_TEMPLATE,
+                              progress=False, reply_after="That gives ")
+    assert seen == ["5", "6", "5"]
+    whole = judge_candidates(rows, recording_judge, tmp_path / "b.jsonl", k=1, template=COMPACT_TEMPLATE,
+                             progress=False)
+    assert seen[3:] == rows[0]["candidates"]
+    assert not {r["input_hash"] for r in judged} & {r["input_hash"] for r in whole}
+
+
 def test_judge_candidates_resumes_after_a_kill(tmp_path):
     out = tmp_path / "judgements.jsonl"
     calls = []
