@@ -85,6 +85,20 @@ def test_judge_samples_scores_given_answers(monkeypatch, tmp_path):
     assert rows[1]["scores"] == [5.0, 1.0, 5.0] and rows[1]["correct"] == [True, False, False]
 
 
+def test_judge_samples_with_reply_after_judges_final_answers_grades_whole_replies(monkeypatch):
+    """Worked replies: the judge is shown only what follows "That gives " (its scores key on it),
+    while the grader reads the whole reply. Right "...That gives 8." scored 5, wrong "...That
+    gives 7." scored 2: AUC 1; the rows keep the whole replies."""
+    from srlm import evaluate
+    judged = {"8": "Score: 5", "7": "Score: 2"}
+    monkeypatch.setattr(evaluate, "make_model_judge", lambda model, tokenizer, **kw:
+                        lambda prompts: [judged[p.split("Answer: ")[1].split("\n")[0]] for p in prompts])
+    replies = ["Ones 3 + 5 = 8. That gives 8.", "Ones 3 + 5 = 7. That gives 7."]
+    metrics, rows = evaluate.judge_samples(None, None, [{"prompt": "What is 3 + 5?", "answers": replies}],
+                                           "Q: {prompt}\nAnswer: {response}\n", 8, 4, reply_after="That gives ")
+    assert metrics["auc"] == 1.0 and rows[0]["correct"] == [True, False] and rows[0]["answers"] == replies
+
+
 def test_judge_samples_cli_refuses_bad_input_before_loading(tmp_path):
     from srlm import evaluate
     from srlm.io import DataError
