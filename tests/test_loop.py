@@ -289,6 +289,30 @@ def test_prompt_model_base_writes_prompts_with_m0(micro):
     assert summary["written"] == len(rows) and summary["attempts"] >= len(rows)
 
 
+def test_judge_reply_after_reaches_the_judge_and_the_evaluation(micro, monkeypatch):
+    """--judge-reply-after is recorded with the run and handed to both judges: the loop's
+    (JudgeSettings) and the evaluation's (own samples)."""
+    run_dir, seen = micro / "run_reply_after", {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_write_pairs(model, tokenizer, candidates, judgements, pairs, settings, **kw):
+        seen["pairs"] = settings.reply_after
+        raise Stop
+
+    def fake_evaluate(*args, **kw):
+        seen["eval"] = kw["reply_after"]
+        return {}
+
+    monkeypatch.setattr(loop, "write_pairs", fake_write_pairs)
+    monkeypatch.setattr(loop, "evaluate_model", fake_evaluate)
+    with pytest.raises(Stop):
+        loop.main(loop_args(micro, run_dir) + ["--judge-reply-after", "That gives ", "--iterations", "1"])
+    assert seen == {"eval": "That gives ", "pairs": "That gives "}
+    assert json.loads((run_dir / "settings.json").read_text())["settings"]["judge_reply_after"] == "That gives "
+
+
 def test_meta_format_base_model_with_separate_tokenizer(micro, tmp_path):
     """M0 in Meta's layout (params.json + consolidated.00.pth, no tokenizer.model inside, as Meta
     ships it): --tokenizer supplies it; SFT turns M0 into an HF M1 that carries the tokenizer on."""
