@@ -310,7 +310,7 @@ def test_judge_reply_after_reaches_the_judge_and_the_evaluation(micro, monkeypat
     with pytest.raises(Stop):
         loop.main(loop_args(micro, run_dir) + ["--judge-reply-after", "That gives ", "--iterations", "1"])
     assert seen == {"eval": "That gives ", "pairs": "That gives "}
-    assert json.loads((run_dir / "settings.json").read_text())["settings"]["judge_reply_after"] == "That gives "
+    assert json.loads((run_dir / "settings.json").read_text())["judge_reply_after"] == "That gives "
 
 
 def test_meta_format_base_model_with_separate_tokenizer(micro, tmp_path):
