@@ -33,6 +33,11 @@ so the score is the number of leading criteria met):
   5. exact:         nothing extraneous: the response, stripped of surrounding whitespace, is
                     exactly the canonical answer ("68", "[1, 2, 5, 9]", "elppa", "RIVER").
 
+A worked reply (steps, then "That gives X.", the form of `working`; the worked world of
+data/ift_worked.jsonl, an experiment) is graded on its conclusion, the text after its last "That
+gives ": the steps' numbers are not offered answers, hedging anywhere costs point 4, and point 5
+means the reply is the worked solution itself.
+
 Offered answers ("candidates") are read from the response by the family's kind: integers
 outside square brackets (numbers inside a bracketed list are list items, not answers), bracketed
 integer lists, capitalised words, or anagrams of the word. An "echo" is a candidate that already
