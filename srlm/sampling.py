@@ -354,7 +354,8 @@ def generate(model, prompt_tokens: list[list[int]], max_new_tokens: int, tempera
         its ids end with the token that completed it (trim the text with `text.split(s)[0]`).
     return_logprobs: also return, per row, log p(token) under the model (log-softmax of the raw
         logits, before temperature and filters), aligned with the ids.
-    batch_size: rows per forward pass; larger inputs are cut into chunks of prompts of similar length.
+    batch_size: rows per forward pass; larger inputs are cut into chunks of prompts of similar length,
+        and rows the context would cut short go in chunks of their own.
     sync_every: read the done flags back every this many steps (default 1 on CPU, 16 on GPU).
     compile: run the decode step through torch.compile (decode_fixed: fixed shapes). The first call
         for each batch size and (rounded) cache length compiles, which takes seconds to a minute.
@@ -372,10 +373,14 @@ def generate(model, prompt_tokens: list[list[int]], max_new_tokens: int, tempera
     compiled_step = compiled_decode_step(device.type) if compile and not plain else None
 
     # Chunks of prompts of similar length waste less compute on padding. The sort is stable, so
-    # K copies of one prompt stay next to each other.
-    order = sorted(range(n), key=lambda i: len(prompt_tokens[i]))
-    chunks = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    # K copies of one prompt stay next to each other. A batch stops after min(max_new_tokens,
+    # max_seq_len - its longest prompt) tokens, so a row with room for all max_new_tokens never
+    # shares a batch with one without: one long prompt would cut every row beside it short.
     max_len = model.args.max_seq_len
+    order = sorted(range(n), key=lambda i: len(prompt_tokens[i]))
+    n_room = sum(len(p) + max_new_tokens <= max_len for p in prompt_tokens)  # sorted: they come first
+    chunks = [part[k : k + batch_size] for part in (order[:n_room], order[n_room:])
+              for k in range(0, len(part), batch_size)]
     cache_len = max(min(max(len(prompt_tokens[i]) for i in c) + max_new_tokens, max_len) for c in chunks)
     if compiled_step is not None:  # every cache length is a new compiled graph: round up to a multiple of 64
         cache_len = min(-(-cache_len // 64) * 64, max_len)

@@ -211,6 +211,16 @@ def test_max_new_tokens_and_context_limit(model):
     assert len(generate(model, [long_prompt], 20, eos_id=None)[0]) == 4
 
 
+def test_a_long_prompt_does_not_cut_the_rows_beside_it(model):
+    """A batch stops when its longest row reaches the context; a prompt 4 tokens short of it must
+    not cut the short prompts sampled in the same call (a judge shown one long reply would
+    otherwise lose the score line of every judgement in its batch)."""
+    long_prompt = [1] + [5] * (model.args.max_seq_len - 5)
+    rows = generate(model, PROMPTS + [long_prompt], 10, eos_id=None)
+    assert [len(r) for r in rows] == [10] * len(PROMPTS) + [4]
+    assert rows[: len(PROMPTS)] == generate(model, PROMPTS, 10, eos_id=None)
+
+
 def test_bad_inputs_are_rejected(model):
     with pytest.raises(ValueError, match="context"):
         generate(model, [[1] * model.args.max_seq_len], 4)
